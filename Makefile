@@ -1,0 +1,32 @@
+# One obvious way to do each thing: `make setup`, `make test`, `make quickstart`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch/torchvision pair installed first; override e.g. TORCH_PINS="torch torchvision".
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test quickstart lint bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests
+
+quickstart: setup
+	$(PY) tools/quickstart.py --out runs/quickstart
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/bench_model.py
+
+clean:
+	rm -rf runs/quickstart
