@@ -1,0 +1,166 @@
+"""ReferDataset: (image, mask, BERT token ids, attention mask) per referred object of a REFER split."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils import data
+
+from bert import load_tokenizer
+from refer import DATA_SETUP_HINT, REFER
+
+__all__ = ["ReferDataset", "load_rgb_image"]
+
+_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def load_rgb_image(path: str, what: str = "") -> Image.Image:
+    """Open an image as 8-bit RGB whatever its PIL mode, with errors that name the file.
+
+    8-bit modes (L, LA, P, PA, RGBA, CMYK, YCbCr, ...) go through PIL's `convert('RGB')`, as in
+    the released code. PIL would clip 16-bit and float grey images to 255, so those are first
+    scaled to 8 bits: integers above 255 by 1/257 (65535 -> 255), floats in [0, 1] by 255.
+    """
+    suffix = f" ({what})" if what else ""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: '{path}'{suffix}. {DATA_SETUP_HINT}")
+    try:
+        with Image.open(path) as image:
+            if image.mode in _HIGH_BIT_DEPTH_MODES:
+                values = np.asarray(image, dtype=np.float64)
+                peak = float(values.max()) if values.size else 0.0
+                if image.mode == "F" and peak <= 1.0:
+                    values = values * 255.0
+                elif peak > 255:
+                    values = values / 257.0
+                image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise OSError(
+            f"Image '{path}'{suffix} cannot be decoded: corrupt or not an image ({type(err).__name__}: {err})."
+        ) from err
+
+
+class ReferDataset(data.Dataset):
+    """One item per referred object of `split`, as in the released LAVT data pipeline.
+
+    `args` needs `refer_data_root`, `dataset`, `splitBy` and `bert_tokenizer` (a name or
+    directory for `bert.load_tokenizer`, e.g. 'bert-base-uncased' or 'minilm').
+
+    `__getitem__(i)` returns `(image, target, input_ids, attention_mask)`:
+    - image: the RGB image (any PIL mode is converted), target: the object mask as a PIL 'L'
+      image with values 0/1; both passed through `image_transforms(image, target)` when given;
+    - training (`eval_mode=False`): one of the object's sentences, drawn with `np.random.choice`
+      (seed with `np.random.seed`; torch's DataLoader seeds NumPy in each worker), ids and mask
+      of shape (1, 20);
+    - evaluation (`eval_mode=True`): all sentences, shape (1, 20, n_sentences).
+    `target_transforms` is accepted for signature compatibility and unused, as in the original.
+
+    Text: each sentence's `raw` string is tokenized with [CLS]/[SEP]; the FIRST 20 ids are kept,
+    so an expression longer than 18 word pieces loses its [SEP] (as in the original); ids are
+    padded with 0 and the attention mask is 1 on kept ids. An empty or whitespace-only
+    expression becomes [CLS][SEP] (the model sees no words) and is reported once, at
+    construction, in a warning naming its ref id and sentence id.
+
+    Masks: an object whose mask is empty (area 0) is kept with an all-zero target (downstream
+    IoU is 0 when the union is empty) and reported once per ref id in a warning.
+
+    Errors: a split with no refs -> ValueError naming dataset/splitBy/split; a ref without
+    sentences -> ValueError naming it; a missing image -> FileNotFoundError naming the path and
+    the ref id; an undecodable image -> OSError naming the file.
+
+    For evaluation and analysis code: `ref_ids`, `sentences` (raw strings per ref), `input_ids`
+    and `attention_masks` (per ref, a list of (1, 20) int64 tensors), `refer`,
+    `original_target(i)` (full-resolution uint8 mask) and `image_info(i)` (the image record).
+    """
+
+    max_tokens = 20
+
+    def __init__(self, args, image_transforms=None, target_transforms=None, split: str = "train",
+                 eval_mode: bool = False):
+        for name in ("refer_data_root", "dataset", "splitBy", "bert_tokenizer"):
+            if not hasattr(args, name):
+                raise AttributeError(f"ReferDataset needs args.{name} (see the training script's --{name} option).")
+        self.image_transforms = image_transforms
+        self.target_transforms = target_transforms
+        self.split = split
+        self.eval_mode = eval_mode
+        self.refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
+        self.ref_ids = self.refer.getRefIds(split=split)
+        if not self.ref_ids:
+            raise ValueError(
+                f"Split '{split}' of dataset '{args.dataset}' (splitBy '{args.splitBy}') has no refs in "
+                f"'{self.refer.DATA_DIR}'. Check the split name and the refs file."
+            )
+        refs = self.refer.loadRefs(self.ref_ids)
+        for ref in refs:
+            if not ref["sentences"]:
+                raise ValueError(f"Ref {ref['ref_id']} of {args.dataset} ({args.splitBy}) has no sentences.")
+        self.sentences = [[sent["raw"] for sent in ref["sentences"]] for ref in refs]
+        self._warn_empty_sentences(refs)
+        self.input_ids, self.attention_masks = self._tokenize(load_tokenizer(args.bert_tokenizer))
+        self._warned_empty_masks: set = set()
+
+    def _warn_empty_sentences(self, refs) -> None:
+        empty = [(ref["ref_id"], sent["sent_id"]) for ref in refs for sent in ref["sentences"] if not sent["raw"].strip()]
+        if empty:
+            listed = ", ".join(f"ref {r} sentence {s}" for r, s in empty[:10])
+            more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+            warnings.warn(
+                f"{len(empty)} empty expression(s) in split '{self.split}' ({listed}{more}); they are "
+                "encoded as [CLS][SEP], so the model sees no words for them.",
+                stacklevel=3,
+            )
+
+    def _tokenize(self, tokenizer):
+        """Tokenize every sentence in one batch call, then truncate / pad to `max_tokens`."""
+        flat = [sentence for sentences in self.sentences for sentence in sentences]
+        encoded = tokenizer(flat, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        ids = torch.zeros(len(flat), self.max_tokens, dtype=torch.int64)
+        masks = torch.zeros(len(flat), self.max_tokens, dtype=torch.int64)
+        for row, token_ids in enumerate(encoded):
+            kept = token_ids[: self.max_tokens]
+            ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.int64)
+            masks[row, : len(kept)] = 1
+        input_ids, attention_masks, start = [], [], 0
+        for sentences in self.sentences:
+            stop = start + len(sentences)
+            input_ids.append([ids[i : i + 1].clone() for i in range(start, stop)])
+            attention_masks.append([masks[i : i + 1].clone() for i in range(start, stop)])
+            start = stop
+        return input_ids, attention_masks
+
+    def __len__(self) -> int:
+        return len(self.ref_ids)
+
+    def image_info(self, index: int) -> dict:
+        return self.refer.Imgs[self.refer.Refs[self.ref_ids[index]]["image_id"]]
+
+    def original_target(self, index: int) -> np.ndarray:
+        """The full-resolution object mask, uint8 (H, W), 1 on the object."""
+        ref_id = self.ref_ids[index]
+        mask = self.refer.getMask(self.refer.Refs[ref_id])["mask"]
+        if not mask.any() and ref_id not in self._warned_empty_masks:
+            self._warned_empty_masks.add(ref_id)
+            warnings.warn(f"Ref {ref_id} has an empty mask (area 0); its target is all zeros.", stacklevel=2)
+        return mask
+
+    def __getitem__(self, index: int):
+        ref_id = self.ref_ids[index]
+        path = os.path.join(self.refer.IMAGE_DIR, self.image_info(index)["file_name"])
+        image = load_rgb_image(path, what=f"ref {ref_id}")
+        target = Image.fromarray(self.original_target(index))
+        if self.image_transforms is not None:
+            image, target = self.image_transforms(image, target)
+
+        if self.eval_mode:
+            input_ids = torch.stack(self.input_ids[index], dim=-1)
+            attention_mask = torch.stack(self.attention_masks[index], dim=-1)
+        else:
+            choice = np.random.choice(len(self.input_ids[index]))
+            input_ids = self.input_ids[index][choice]
+            attention_mask = self.attention_masks[index][choice]
+        return image, target, input_ids, attention_mask

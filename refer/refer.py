@@ -1,0 +1,314 @@
+"""REFER: index of a referring-expression dataset (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF, ...).
+
+Re-implements the API of the REFER toolkit (github.com/lichengunc/refer) for Python 3:
+
+    refer = REFER(data_root, dataset="refcoco", splitBy="unc")
+    ref_ids = refer.getRefIds(split="testA")
+    ref = refer.loadRefs(ref_ids[0])[0]
+    mask = refer.getMask(ref)["mask"]          # uint8 (H, W), 1 on the referred object
+
+On disk (`data_root`): `<dataset>/refs(<splitBy>).p` (pickled list of refs), `<dataset>/instances.json`
+(COCO-style images / annotations / categories) and the images under `IMAGE_DIR`.
+
+Differences from the original toolkit, all deliberate:
+- errors are exceptions (the original printed and called `sys.exit`);
+- `getRefIds(image_ids=...)` returns the refs of those images (the original built a list of lists),
+  and `getAnnIds(ref_ids=...)` really filters by the refs' annotations (the original computed the
+  filter and returned the unfiltered list);
+- `getMask` returns the union of the annotation's parts and the area of that union (the original
+  summed the parts, which differs only where polygons overlap); polygons with fewer than three
+  points (zero area) are ignored instead of being read as boxes by pycocotools;
+- refs pickles are read with a restricted unpickler (`refer.safe_pickle`);
+- `ROOT_DIR` is the absolute data root (the original pointed at the toolkit's own folder).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections import defaultdict
+from numbers import Integral
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .safe_pickle import load_refs_pickle
+
+__all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT"]
+
+KNOWN_SPLITBY = {
+    "refcoco": ("unc", "google"),
+    "refcoco+": ("unc", "google"),
+    "refcocog": ("umd", "google"),
+    "refclef": ("unc", "berkeley"),
+}
+_COCO_DATASETS = ("refcoco", "refcoco+", "refcocog")
+_SPLITS = ("train", "val", "test", "testA", "testB", "testC", "testAB", "testBC", "testAC")
+
+DATA_SETUP_HINT = (
+    "See README.md, section 'Data setup': the REFER annotations (refs(<splitBy>).p and "
+    "instances.json per dataset) come from the refer repository, github.com/lichengunc/refer "
+    "(download links in its README); the RefCOCO/RefCOCO+/RefCOCOg images are MS-COCO train2014 "
+    "(images.cocodataset.org/zips/train2014.zip), unpacked into <data_root>/images/mscoco/images/train2014."
+)
+
+
+def _as_list(value) -> list:
+    """The original API takes either one id or a list of ids."""
+    if isinstance(value, (list, tuple, set, frozenset, np.ndarray, range)):
+        return list(value)
+    return [value]
+
+
+def _require_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: '{path}'. {DATA_SETUP_HINT}")
+
+
+class REFER:
+    """Referring-expression index with the original REFER toolkit's methods and members."""
+
+    def __init__(self, data_root: str, dataset: str = "refcoco", splitBy: str = "unc"):
+        data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
+        if not os.path.isdir(data_root):
+            raise FileNotFoundError(f"REFER data root '{data_root}' does not exist. {DATA_SETUP_HINT}")
+        self.ROOT_DIR = data_root
+        self.DATA_DIR = os.path.join(data_root, dataset)
+        self._check_dataset_and_split_by(dataset, splitBy)
+        if dataset in _COCO_DATASETS:
+            self.IMAGE_DIR = os.path.join(data_root, "images", "mscoco", "images", "train2014")
+        elif dataset == "refclef":
+            self.IMAGE_DIR = os.path.join(data_root, "images", "saiapr_tc-12")
+        else:
+            self.IMAGE_DIR = os.path.join(data_root, "images", dataset)
+        self.dataset = dataset
+        self.splitBy = splitBy
+
+        refs_path = os.path.join(self.DATA_DIR, f"refs({splitBy}).p")
+        instances_path = os.path.join(self.DATA_DIR, "instances.json")
+        _require_file(refs_path, f"REFER refs file for {dataset} ({splitBy})")
+        _require_file(instances_path, f"COCO instances file for {dataset}")
+        refs = load_refs_pickle(refs_path)
+        if not isinstance(refs, list):
+            raise ValueError(f"'{refs_path}' holds a {type(refs).__name__}, expected a list of refs. {DATA_SETUP_HINT}")
+        try:
+            with open(instances_path, encoding="utf-8") as handle:
+                instances = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{instances_path}' is not valid JSON ({err}). {DATA_SETUP_HINT}") from err
+        self.data = {
+            "dataset": dataset,
+            "refs": refs,
+            "images": instances.get("images", []),
+            "annotations": instances.get("annotations", []),
+            "categories": instances.get("categories", []),
+        }
+        self._create_index(refs_path, instances_path)
+
+    def _check_dataset_and_split_by(self, dataset: str, split_by: str) -> None:
+        if dataset in KNOWN_SPLITBY:
+            if split_by not in KNOWN_SPLITBY[dataset]:
+                raise ValueError(
+                    f"splitBy '{split_by}' is not valid for dataset '{dataset}'; choose one of "
+                    f"{', '.join(KNOWN_SPLITBY[dataset])}."
+                )
+            return
+        if not os.path.isdir(self.DATA_DIR):
+            found = sorted(
+                name for name in os.listdir(self.ROOT_DIR)
+                if glob.glob(os.path.join(glob.escape(os.path.join(self.ROOT_DIR, name)), "refs(*).p"))
+            )
+            raise ValueError(
+                f"Unknown dataset '{dataset}': it is not one of {', '.join(KNOWN_SPLITBY)} and "
+                f"'{self.DATA_DIR}' does not exist (dataset folders found under {self.ROOT_DIR}: "
+                f"{', '.join(found) or 'none'}). {DATA_SETUP_HINT}"
+            )
+        pattern = os.path.join(glob.escape(self.DATA_DIR), "refs(*).p")
+        available = sorted(re.fullmatch(r"refs\((.*)\)\.p", os.path.basename(p)).group(1) for p in glob.glob(pattern))
+        if available and split_by not in available:
+            raise ValueError(
+                f"splitBy '{split_by}' is not valid for dataset '{dataset}': there is no "
+                f"'{os.path.join(self.DATA_DIR, f'refs({split_by}).p')}'; choose one of {', '.join(available)}."
+            )
+
+    def _create_index(self, refs_path: str, instances_path: str) -> None:
+        """Build every lookup table in one pass over annotations, images, categories and refs."""
+        self.Anns, self.Imgs, self.Cats = {}, {}, {}
+        self.imgToAnns = defaultdict(list)
+        for ann in self.data["annotations"]:
+            self.Anns[ann["id"]] = ann
+            self.imgToAnns[ann["image_id"]].append(ann)
+        for img in self.data["images"]:
+            self.Imgs[img["id"]] = img
+        for cat in self.data["categories"]:
+            self.Cats[cat["id"]] = cat["name"]  # the original maps id -> name
+
+        self.Refs, self.Sents = {}, {}
+        self.imgToRefs, self.catToRefs = defaultdict(list), defaultdict(list)
+        self.refToAnn, self.annToRef = {}, {}
+        self.sentToRef, self.sentToTokens = {}, {}
+        for ref in self.data["refs"]:
+            try:
+                ref_id, ann_id = ref["ref_id"], ref["ann_id"]
+                self.Refs[ref_id] = ref
+                self.imgToRefs[ref["image_id"]].append(ref)
+                self.catToRefs[ref["category_id"]].append(ref)
+                self.refToAnn[ref_id] = self.Anns[ann_id]
+                self.annToRef[ann_id] = ref
+                if not isinstance(ref["split"], str):
+                    raise TypeError(f"split must be a string, got {ref['split']!r}")
+                for sent in ref["sentences"]:
+                    self.Sents[sent["sent_id"]] = sent
+                    self.sentToRef[sent["sent_id"]] = ref
+                    self.sentToTokens[sent["sent_id"]] = sent.get("tokens", [])
+            except (KeyError, TypeError) as err:
+                ref_name = ref.get("ref_id", "?") if isinstance(ref, dict) else repr(ref)[:60]
+                if isinstance(err, KeyError) and isinstance(ref, dict) and "ann_id" in ref and ref["ann_id"] not in self.Anns:
+                    raise ValueError(
+                        f"Ref {ref_name} in '{refs_path}' points to annotation {ref['ann_id']}, which is not "
+                        f"in '{instances_path}'. The two files must come from the same dataset. {DATA_SETUP_HINT}"
+                    ) from err
+                raise ValueError(
+                    f"Malformed ref {ref_name} in '{refs_path}' (missing or wrong field: {err}); every ref needs "
+                    "ref_id, ann_id, image_id, category_id, split and sentences[{sent_id, raw, ...}]."
+                ) from err
+        # Plain dicts from here on, so that a missing key is an error rather than a new empty entry.
+        self.imgToAnns, self.imgToRefs, self.catToRefs = dict(self.imgToAnns), dict(self.imgToRefs), dict(self.catToRefs)
+
+    # ---- ids ------------------------------------------------------------------------------
+    def getRefIds(self, image_ids=[], cat_ids=[], ref_ids=[], split=""):  # noqa: B006 -- original API
+        image_ids, cat_ids, ref_ids = _as_list(image_ids), _as_list(cat_ids), _as_list(ref_ids)
+        if image_ids:
+            refs = [ref for image_id in image_ids for ref in self.imgToRefs.get(image_id, [])]
+        else:
+            refs = self.data["refs"]
+        if cat_ids:
+            wanted_cats = set(cat_ids)
+            refs = [ref for ref in refs if ref["category_id"] in wanted_cats]
+        if ref_ids:
+            wanted_refs = set(ref_ids)
+            refs = [ref for ref in refs if ref["ref_id"] in wanted_refs]
+        if split:
+            refs = [ref for ref in refs if self._in_split(ref["split"], split)]
+        return [ref["ref_id"] for ref in refs]
+
+    @staticmethod
+    def _in_split(ref_split: str, split: str) -> bool:
+        if split in ("testA", "testB", "testC"):
+            return split[-1] in ref_split
+        if split == "test":
+            return "test" in ref_split
+        if split in ("testAB", "testBC", "testAC", "train", "val"):
+            return ref_split == split
+        raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(_SPLITS)}.")
+
+    def getAnnIds(self, image_ids=[], cat_ids=[], ref_ids=[]):  # noqa: B006 -- original API
+        image_ids, cat_ids, ref_ids = _as_list(image_ids), _as_list(cat_ids), _as_list(ref_ids)
+        if image_ids:
+            anns = [ann for image_id in image_ids for ann in self.imgToAnns.get(image_id, [])]
+        else:
+            anns = self.data["annotations"]
+        if cat_ids:
+            wanted_cats = set(cat_ids)
+            anns = [ann for ann in anns if ann["category_id"] in wanted_cats]
+        if ref_ids:
+            wanted_anns = {self.Refs[ref_id]["ann_id"] for ref_id in ref_ids}
+            anns = [ann for ann in anns if ann["id"] in wanted_anns]
+        return [ann["id"] for ann in anns]
+
+    def getImgIds(self, ref_ids=[]):  # noqa: B006 -- original API
+        ref_ids = _as_list(ref_ids)
+        if ref_ids:
+            return list(dict.fromkeys(self.Refs[ref_id]["image_id"] for ref_id in ref_ids))
+        return list(self.Imgs)
+
+    def getCatIds(self):
+        return list(self.Cats)
+
+    # ---- records ----------------------------------------------------------------------------
+    def loadRefs(self, ref_ids=[]):  # noqa: B006 -- original API
+        return [self.Refs[ref_id] for ref_id in _as_list(ref_ids)]
+
+    def loadAnns(self, ann_ids=[]):  # noqa: B006 -- original API
+        return [self.Anns[ann_id] for ann_id in _as_list(ann_ids)]
+
+    def loadImgs(self, image_ids=[]):  # noqa: B006 -- original API
+        return [self.Imgs[image_id] for image_id in _as_list(image_ids)]
+
+    def loadCats(self, cat_ids=[]):  # noqa: B006 -- original API
+        """Category names (the original stores `Cats` as id -> name)."""
+        return [self.Cats[cat_id] for cat_id in _as_list(cat_ids)]
+
+    def getRefBox(self, ref_id):
+        return self.refToAnn[ref_id]["bbox"]
+
+    # ---- masks ------------------------------------------------------------------------------
+    def _annotation_rles(self, ann: dict, height: int, width: int) -> list:
+        """The annotation's parts (polygons and/or RLEs) as pycocotools RLEs of the image size."""
+        segmentation = ann.get("segmentation") or []
+        parts = [segmentation] if isinstance(segmentation, dict) else list(segmentation)
+        polygons = [
+            [float(v) for v in part] for part in parts if not isinstance(part, dict) and len(part) >= 6
+        ]
+        rles = mask_utils.frPyObjects(polygons, height, width) if polygons else []
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            size = [int(s) for s in part["size"]]
+            if size != [height, width]:
+                raise ValueError(
+                    f"Annotation {ann.get('id')} has an RLE of size {size} but its image is {height}x{width}."
+                )
+            if isinstance(part["counts"], list):  # uncompressed RLE
+                rles.append(mask_utils.frPyObjects(part, height, width))
+            else:
+                counts = part["counts"]
+                rles.append({"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+        return rles
+
+    def getMask(self, ref: dict) -> dict:
+        """`{'mask': uint8 (H, W) with 1 on the referred object, 'area': float pixel count}`."""
+        ann = self.refToAnn[ref["ref_id"]]
+        image = self.Imgs[ref["image_id"]]
+        height, width = int(image["height"]), int(image["width"])
+        rles = self._annotation_rles(ann, height, width)
+        if not rles:
+            return {"mask": np.zeros((height, width), dtype=np.uint8), "area": 0.0}
+        union = mask_utils.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
+        mask = np.ascontiguousarray(mask_utils.decode(union), dtype=np.uint8)
+        return {"mask": mask, "area": float(mask_utils.area(union))}
+
+    def getMaskByRef(self, ref: dict | None = None, ref_id: Integral | None = None) -> dict:
+        if ref is None:
+            if ref_id is None:
+                raise ValueError("getMaskByRef needs `ref` or `ref_id`.")
+            ref = self.Refs[ref_id]
+        return self.getMask(ref)
+
+    # ---- plotting (optional; matplotlib is imported only here) ------------------------------
+    def showRef(self, ref: dict, ax=None):
+        """Draw the image, the referred object's mask and its box, titled with its sentences."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+        from PIL import Image
+
+        ax = ax or plt.gca()
+        image = self.Imgs[ref["image_id"]]
+        ax.imshow(Image.open(os.path.join(self.IMAGE_DIR, image["file_name"])).convert("RGB"))
+        self.showMask(ref, ax=ax)
+        x, y, w, h = self.getRefBox(ref["ref_id"])
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="green", linewidth=2))
+        ax.set_title("\n".join(f"{i + 1}. {s['sent']}" for i, s in enumerate(ref["sentences"])), fontsize=8)
+        ax.axis("off")
+        return ax
+
+    def showMask(self, ref: dict, ax=None, color=(1.0, 0.2, 0.2), alpha: float = 0.5):
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        mask = self.getMask(ref)["mask"].astype(bool)
+        overlay = np.zeros((*mask.shape, 4), dtype=np.float32)
+        overlay[mask] = (*color, alpha)
+        ax.imshow(overlay)
+        return ax
