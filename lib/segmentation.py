@@ -1,0 +1,124 @@
+"""LAVT models and their builders.
+
+- `LAVT`: backbone + decoder; the BERT runs outside (released `lavt`, BERT saved as `bert_model`).
+- `LAVTOne`: the same with the BERT inside as `text_encoder` (released `lavt_one`).
+- `build_lavt(...)`: explicit-argument builder; `lavt(pretrained, args)` / `lavt_one(pretrained, args)`
+  read the command-line options of the original code (`swin_type`, `window12`, `mha`, `fusion_drop`,
+  `ck_bert`).
+
+`SWIN_CONFIGS` maps a Swin type to (embed_dim, depths, num_heads): the four published sizes plus
+`nano` (32, 2-2-2-2, 1-2-4-8), a small model of our own for CPU runs and tests; it has no
+pretrained Swin weights.
+"""
+import os
+
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import MultiModalSwinTransformer
+from .decoder import SimpleDecoding
+
+SWIN_CONFIGS = {
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
+    "nano": (32, [2, 2, 2, 2], [1, 2, 4, 8]),
+}
+
+
+class LAVT(nn.Module):
+    """`model(image, l_feats, l_mask)`: image (B, 3, H, W), l_feats (B, C_t, N_l), l_mask (B, N_l, 1)
+    -> logits (B, 2, H, W)."""
+
+    def __init__(self, backbone, classifier):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+
+    def forward(self, image, l_feats, l_mask):
+        x_c1, x_c2, x_c3, x_c4 = self.backbone(image, l_feats, l_mask)
+        logits = self.classifier(x_c4, x_c3, x_c2, x_c1)
+        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
+
+
+class LAVTOne(LAVT):
+    """`model(image, input_ids, l_mask=attention_mask)` with ids and mask (B, N_l) -> logits (B, 2, H, W)."""
+
+    def __init__(self, backbone, classifier, text_encoder):
+        super().__init__(backbone, classifier)
+        self.text_encoder = text_encoder
+
+    def forward(self, image, input_ids, l_mask):
+        if input_ids.dim() != 2 or l_mask.shape != input_ids.shape:
+            raise ValueError(f"LAVTOne: input_ids and l_mask (the attention mask) must both be (B, N_l), got "
+                             f"{tuple(input_ids.shape)} and {tuple(l_mask.shape)}")
+        l_feats = self.text_encoder(input_ids, attention_mask=l_mask)[0].transpose(1, 2)
+        return super().forward(image, l_feats, l_mask.unsqueeze(-1))
+
+
+def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1), fusion_drop=0.0,
+               drop_path_rate=0.3, text_dim=768, text_encoder=None):
+    """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
+    (then the text width is its `config.hidden_size`)."""
+    if text_encoder is not None:
+        text_dim = text_encoder.config.hidden_size
+    backbone = MultiModalSwinTransformer(embed_dim, depths, num_heads, window_size=window_size, text_dim=text_dim,
+                                         fusion_heads=fusion_heads, fusion_drop=fusion_drop,
+                                         drop_path_rate=drop_path_rate)
+    classifier = SimpleDecoding(8 * embed_dim, hidden_channels=4 * embed_dim)
+    if text_encoder is None:
+        return LAVT(backbone, classifier)
+    return LAVTOne(backbone, classifier, text_encoder)
+
+
+def parse_fusion_heads(mha, num_stages=4):
+    """'4-4-4-4' -> [4, 4, 4, 4]; '' or None -> one head per stage."""
+    if not mha:
+        return [1] * num_stages
+    try:
+        heads = [int(h) for h in str(mha).split("-")]
+    except ValueError:
+        heads = []
+    if len(heads) != num_stages or min(heads) < 1:
+        raise ValueError(f"--mha '{mha}' must give {num_stages} positive head counts joined by '-', e.g. '4-4-4-4'")
+    return heads
+
+
+def _backbone_options(pretrained, args):
+    swin_type = getattr(args, "swin_type", "base")
+    if swin_type not in SWIN_CONFIGS:
+        raise ValueError(f"--swin_type '{swin_type}' is unknown; choose one of {sorted(SWIN_CONFIGS)}")
+    embed_dim, depths, num_heads = SWIN_CONFIGS[swin_type]
+    window_size = 12 if getattr(args, "window12", False) or "window12" in os.path.basename(pretrained or "") else 7
+    if getattr(args, "window_size", None):
+        window_size = int(args.window_size)
+    return dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
+                fusion_heads=parse_fusion_heads(getattr(args, "mha", "")),
+                fusion_drop=getattr(args, "fusion_drop", 0.0))
+
+
+def _load_swin(model, pretrained):
+    if pretrained:
+        from .checkpoint import load_pretrained_swin
+
+        print(load_pretrained_swin(model.backbone, pretrained))
+    return model
+
+
+def lavt(pretrained, args):
+    """Released `lavt`: text features come from a separate BERT (`args.ck_bert` sizes the fusion)."""
+    from bert import load_text_config
+
+    options = _backbone_options(pretrained, args)
+    text_dim = load_text_config(getattr(args, "ck_bert", None)).hidden_size
+    return _load_swin(build_lavt(**options, text_dim=text_dim), pretrained)
+
+
+def lavt_one(pretrained, args):
+    """Released `lavt_one`: the BERT `args.ck_bert` (with its weights) lives inside the model."""
+    from bert import load_text_encoder
+
+    options = _backbone_options(pretrained, args)
+    text_encoder = load_text_encoder(getattr(args, "ck_bert", None))
+    return _load_swin(build_lavt(**options, text_encoder=text_encoder), pretrained)
