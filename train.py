@@ -14,7 +14,6 @@ import os
 import time
 
 import torch
-from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
 from torch.nn.parallel import DistributedDataParallel
 
 import engine
@@ -23,9 +22,9 @@ from args import get_parser
 from bert import load_text_encoder
 from data.dataset_refer_bert import ReferDataset
 from lib import segmentation
+from lib.backbone import NO_WEIGHT_DECAY_KEYWORDS
+from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
 from transforms import get_transform
-
-NO_DECAY_KEYS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
 
 
 def freeze_text_encoder_layers(text_encoder, trainable_layers):
@@ -46,7 +45,7 @@ def build_param_groups(model, text_encoder):
     no_decay, decay = [], []
     for name, param in model.backbone.named_parameters():
         if param.requires_grad:
-            (no_decay if any(key in name for key in NO_DECAY_KEYS) else decay).append(param)
+            (no_decay if any(key in name for key in NO_WEIGHT_DECAY_KEYWORDS) else decay).append(param)
     groups = [
         {"params": no_decay, "weight_decay": 0.0},
         {"params": decay},
@@ -118,7 +117,10 @@ def main(args):
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model_single = model
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        # The last stage's language gate feeds nothing (as in the original), so its weights get no gradient.
+        ddp_kwargs = {"find_unused_parameters": True}
+        if device.type == "cuda":
+            ddp_kwargs["device_ids"] = [device.index]
         model = DistributedDataParallel(model, **ddp_kwargs)
         if text_encoder is not None and any(p.requires_grad for p in text_encoder.parameters()):
             text_encoder = DistributedDataParallel(text_encoder, **ddp_kwargs)
@@ -185,6 +187,7 @@ def main(args):
             with open(log_file, "a") as handle:
                 handle.write(message + "\n")
         utils.barrier()
+    utils.check_parameters_in_sync(model_single)
     utils.cleanup_distributed()
 
 

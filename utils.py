@@ -103,6 +103,17 @@ def all_gather_object(obj):
     return gathered
 
 
+def check_parameters_in_sync(model):
+    """Raise unless every rank holds bit-identical parameters (a DDP sanity check, one all_gather)."""
+    if not is_dist_avail_and_initialized():
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    sums = all_gather_object(checksum)
+    if not all(torch.equal(sums[0], other) for other in sums[1:]):
+        raise RuntimeError("Parameters differ between ranks after training: the distributed run is out of sync.")
+    print(f"Parameters identical on all {len(sums)} ranks.")
+
+
 def seed_everything(seed):
     """Seed Python, NumPy and torch; the data pipeline draws sentences with NumPy."""
     random.seed(seed)
