@@ -8,12 +8,14 @@ import builtins
 import datetime
 import os
 import random
+import sys
 import time
 from collections import defaultdict, deque
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 # --------------------------------------------------------------------------- distributed
 
@@ -210,12 +212,15 @@ class MetricLogger:
         data_time = SmoothedValue(fmt="{avg:.4f}")
         total = len(iterable)
         width = len(str(total))
-        for i, obj in enumerate(iterable):
+        bar = tqdm(iterable, desc=header.rstrip(":"), total=total, leave=False, dynamic_ncols=True,
+                   disable=not is_main_process(), mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        for i, obj in enumerate(bar):
             data_time.update(time.time() - end)
             yield obj
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                bar.clear()
                 self.log(f"{header} [{i:{width}d}/{total}]  eta: {eta}  {self}  "
                          f"time: {iter_time}  data: {data_time}")
             end = time.time()
@@ -276,8 +281,6 @@ USER_ERRORS = (FileNotFoundError, PermissionError, ValueError, MemoryError, Floa
 
 def run_cli(main, parser):
     """Parse arguments and run `main(args)`; user-facing errors end as one clear line, exit code 1."""
-    import sys
-
     args = parser.parse_args()
     try:
         main(args)

@@ -94,10 +94,12 @@ def load_text_encoder(name_or_path: str | None, pretrained: bool = True):
     # The packaged checkpoints carry pooler weights we deliberately drop; silence that report.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         return BertModel.from_pretrained(path, add_pooling_layer=False)
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 @lru_cache(maxsize=None)
