@@ -119,17 +119,19 @@ class ReferDataset(data.Dataset):
         """Tokenize every sentence in one batch call, then truncate / pad to `max_tokens`."""
         flat = [sentence for sentences in self.sentences for sentence in sentences]
         encoded = tokenizer(flat, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        ids = torch.zeros(len(flat), self.max_tokens, dtype=torch.int64)
-        masks = torch.zeros(len(flat), self.max_tokens, dtype=torch.int64)
+        ids = np.zeros((len(flat), self.max_tokens), dtype=np.int64)
+        masks = np.zeros((len(flat), self.max_tokens), dtype=np.int64)
         for row, token_ids in enumerate(encoded):
             kept = token_ids[: self.max_tokens]
-            ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.int64)
+            ids[row, : len(kept)] = kept
             masks[row, : len(kept)] = 1
+        # One small tensor per sentence (not views of one big tensor), so that a worker sending
+        # an item does not move the whole table into shared memory.
         input_ids, attention_masks, start = [], [], 0
         for sentences in self.sentences:
             stop = start + len(sentences)
-            input_ids.append([ids[i : i + 1].clone() for i in range(start, stop)])
-            attention_masks.append([masks[i : i + 1].clone() for i in range(start, stop)])
+            input_ids.append([torch.from_numpy(ids[i : i + 1].copy()) for i in range(start, stop)])
+            attention_masks.append([torch.from_numpy(masks[i : i + 1].copy()) for i in range(start, stop)])
             start = stop
         return input_ids, attention_masks
 
