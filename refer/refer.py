@@ -178,6 +178,8 @@ class REFER:
 
     # ---- ids ------------------------------------------------------------------------------
     def getRefIds(self, image_ids=[], cat_ids=[], ref_ids=[], split=""):  # noqa: B006 -- original API
+        if split and split not in _SPLITS:
+            raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(_SPLITS)}.")
         image_ids, cat_ids, ref_ids = _as_list(image_ids), _as_list(cat_ids), _as_list(ref_ids)
         if image_ids:
             refs = [ref for image_id in image_ids for ref in self.imgToRefs.get(image_id, [])]
@@ -199,9 +201,7 @@ class REFER:
             return split[-1] in ref_split
         if split == "test":
             return "test" in ref_split
-        if split in ("testAB", "testBC", "testAC", "train", "val"):
-            return ref_split == split
-        raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(_SPLITS)}.")
+        return ref_split == split  # train, val, testAB, testBC, testAC
 
     def getAnnIds(self, image_ids=[], cat_ids=[], ref_ids=[]):  # noqa: B006 -- original API
         image_ids, cat_ids, ref_ids = _as_list(image_ids), _as_list(cat_ids), _as_list(ref_ids)

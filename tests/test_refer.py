@@ -124,6 +124,8 @@ def test_unknown_values_are_named(tmp_path):
         REFER(FIXTURE_ROOT, "refcocoX", "unc")
     with pytest.raises(ValueError, match=r"Unknown split 'tset'"):
         REFER(FIXTURE_ROOT, "refcoco", "unc").getRefIds(split="tset")
+    with pytest.raises(ValueError, match=r"Unknown split 'Val'"):
+        REFER(FIXTURE_ROOT, "refcoco", "unc").getRefIds(image_ids=[-1], split="Val")
 
 
 def test_missing_files_name_the_path(tmp_path):
