@@ -12,7 +12,7 @@ from torch.utils import data
 from bert import load_tokenizer
 from refer import DATA_SETUP_HINT, REFER
 
-__all__ = ["ReferDataset", "load_rgb_image"]
+__all__ = ["ReferDataset", "load_rgb_image", "tokenize_expressions"]
 
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -42,6 +42,22 @@ def load_rgb_image(path: str, what: str = "") -> Image.Image:
         raise OSError(
             f"Image '{path}'{suffix} cannot be decoded: corrupt or not an image ({type(err).__name__}: {err})."
         ) from err
+
+
+def tokenize_expressions(tokenizer, sentences, max_tokens=20):
+    """Token ids and attention masks (n, max_tokens) int64, as the released pipeline builds them.
+
+    [CLS]/[SEP] are added, the FIRST `max_tokens` ids kept (a long sentence loses its [SEP]),
+    ids padded with 0, and the mask is 1 on kept ids. One batched tokenizer call.
+    """
+    encoded = tokenizer(list(sentences), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    ids = torch.zeros(len(encoded), max_tokens, dtype=torch.int64)
+    masks = torch.zeros(len(encoded), max_tokens, dtype=torch.int64)
+    for row, token_ids in enumerate(encoded):
+        kept = token_ids[:max_tokens]
+        ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.int64)
+        masks[row, : len(kept)] = 1
+    return ids, masks
 
 
 class ReferDataset(data.Dataset):
@@ -116,22 +132,16 @@ class ReferDataset(data.Dataset):
             )
 
     def _tokenize(self, tokenizer):
-        """Tokenize every sentence in one batch call, then truncate / pad to `max_tokens`."""
+        """Tokenize every sentence in one batch call; per ref, a list of (1, max_tokens) tensors."""
         flat = [sentence for sentences in self.sentences for sentence in sentences]
-        encoded = tokenizer(flat, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        ids = np.zeros((len(flat), self.max_tokens), dtype=np.int64)
-        masks = np.zeros((len(flat), self.max_tokens), dtype=np.int64)
-        for row, token_ids in enumerate(encoded):
-            kept = token_ids[: self.max_tokens]
-            ids[row, : len(kept)] = kept
-            masks[row, : len(kept)] = 1
+        ids, masks = tokenize_expressions(tokenizer, flat, self.max_tokens)
         # One small tensor per sentence (not views of one big tensor), so that a worker sending
         # an item does not move the whole table into shared memory.
         input_ids, attention_masks, start = [], [], 0
         for sentences in self.sentences:
             stop = start + len(sentences)
-            input_ids.append([torch.from_numpy(ids[i : i + 1].copy()) for i in range(start, stop)])
-            attention_masks.append([torch.from_numpy(masks[i : i + 1].copy()) for i in range(start, stop)])
+            input_ids.append([ids[i : i + 1].clone() for i in range(start, stop)])
+            attention_masks.append([masks[i : i + 1].clone() for i in range(start, stop)])
             start = stop
         return input_ids, attention_masks
 
