@@ -1,0 +1,594 @@
+"""Checkpoint I/O: safe loading, atomic saving, released LAVT checkpoints and pretrained Swin weights.
+
+Loading never unpickles arbitrary objects. Every file goes through `load_checkpoint_file`, i.e.
+`torch.load(weights_only=True)` with only `argparse.Namespace` allowed beyond PyTorch's own
+tensor/container allowlist (the released LAVT checkpoints keep the training options in `args` as a
+Namespace). Saving goes through `save_checkpoint` / `atomic_torch_save`: a temporary file beside the
+target is written, fsync'ed and renamed over it, so an interrupted save leaves the previous file intact.
+
+Released layout, both variants: {'model': backbone + classifier state dict (+ `text_encoder.*` for
+lavt_one), 'bert_model': BERT state dict (lavt only), 'optimizer', 'epoch', 'args', 'lr_scheduler'}.
+
+Pretrained Swin classification weights (`load_pretrained_swin`) come in the official layout
+(`{'model': ...}`, patch merging at the end of stages 0-2) or in timm's (>= 0.9: merging at the start of
+stages 1-3, `head.fc`); `checkpoint_filter_fn` converts the latter. Both concatenate the four 2x2
+sub-patches in the same order -- timm reshapes to (B, H/2, 2, W/2, 2, C) and permutes the two
+sub-patch axes to (column, row) before flattening, which gives (0,0), (1,0), (0,1), (1,1) as
+(row, column) offsets, the official x0, x1, x2, x3 -- so merging weights need no permutation
+(tests/test_checkpoint.py checks this numerically against timm's PatchMerging).
+"""
+import argparse
+import contextlib
+import math
+import os
+import pickle
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CheckpointError", "load_checkpoint_file", "load_lavt_checkpoint", "save_checkpoint", "atomic_torch_save",
+    "model_state_dict", "load_pretrained_swin", "format_load_report", "checkpoint_filter_fn",
+    "is_timm_swin_state_dict", "resize_relative_position_bias_table",
+]
+
+# Beyond PyTorch's weights-only allowlist, only this may be unpickled.
+ALLOWED_GLOBALS = (argparse.Namespace,)
+# Wrappers whose keys get a prefix: DistributedDataParallel / DataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Hugging Face BERT buffers that some transformers versions save and others do not.
+OPTIONAL_BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+# Swin sizes by (embed_dim, depths); 'nano' is this project's CPU-sized model.
+SWIN_SIZES = {
+    (96, (2, 2, 6, 2)): "tiny", (96, (2, 2, 18, 2)): "small", (128, (2, 2, 18, 2)): "base",
+    (192, (2, 2, 18, 2)): "large", (32, (2, 2, 2, 2)): "nano",
+}
+LIST_LIMIT = 8
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: refused for safety, truncated/corrupt, or not matching the model."""
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _allow_namespace():
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(list(ALLOWED_GLOBALS))
+    torch.serialization.add_safe_globals(list(ALLOWED_GLOBALS))  # torch 2.4 has no context manager
+    return contextlib.nullcontext()
+
+
+def _first_line(err, limit=200):
+    text = str(err).strip().splitlines()
+    text = text[0] if text else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _unsafe_globals(path, err):
+    """The pickled globals of `path` outside the allowlist, from a static scan (nothing is executed)."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in ALLOWED_GLOBALS}
+    try:
+        with _allow_namespace():
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        return sorted(set(found) - allowed)
+    except Exception:  # legacy (non-zip) format or torch < 2.5: fall back to torch's error message
+        return sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))) - allowed)
+
+
+def load_checkpoint_file(path, map_location="cpu", what=None):
+    """Load a checkpoint dict with `torch.load(weights_only=True)`, only `argparse.Namespace` allowed extra.
+
+    `what` names the command-line option the path came from (e.g. '--resume') for error messages.
+    Raises FileNotFoundError for a missing path and `CheckpointError` for files holding other pickled
+    objects (refused: unpickling them could run code) or truncated / corrupt files.
+    """
+    path = os.fspath(path)
+    label = f"{what} file '{path}'" if what else f"checkpoint file '{path}'"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"The {label} does not exist; check the path.")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"The {label} is a directory; pass the checkpoint file (.pth) inside it.")
+    try:
+        with _allow_namespace():
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise PermissionError(f"The {label} is not readable; check its permissions.") from None
+    except pickle.UnpicklingError as err:
+        unsafe = _unsafe_globals(path, err)
+        if unsafe:
+            raise CheckpointError(
+                f"Refusing to load the {label} for safety: it contains pickled {', '.join(unsafe)} object(s), "
+                "and unpickling arbitrary objects can run code. Only tensors, plain containers, numbers, "
+                "strings and argparse.Namespace are accepted. If you trust the file's origin, load it yourself "
+                "in a separate session and re-save only its tensors and plain values."
+            ) from None
+        raise CheckpointError(f"The {label} could not be read ({_first_line(err)}): it is truncated or corrupt; "
+                              "re-download or re-save it.") from None
+    except Exception as err:  # zip, pickle and storage errors of a damaged file
+        raise CheckpointError(f"The {label} could not be read ({type(err).__name__}: {_first_line(err)}): it is "
+                              "truncated or corrupt; re-download or re-save it.") from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"The {label} holds a {type(checkpoint).__name__}, expected a dict (a checkpoint "
+                              "or a state dict).")
+    return checkpoint
+
+
+def _strip_prefixes(state_dict, prefixes=WRAPPER_PREFIXES):
+    stripped = OrderedDict()
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        stripped[key] = value
+    return stripped
+
+
+def _unwrap_model(model):
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _split_lavt_checkpoint(checkpoint, label):
+    """(model state dict, bert state dict or None) of a released-format checkpoint or a bare state dict."""
+    for entry in ("model", "state_dict"):
+        if isinstance(checkpoint.get(entry), Mapping):
+            bert = checkpoint.get("bert_model")
+            return checkpoint[entry], bert if isinstance(bert, Mapping) else None
+    if _is_state_dict(checkpoint):
+        return checkpoint, None
+    raise CheckpointError(f"The {label} has no 'model' state dict (entries: {sorted(map(str, checkpoint))[:10]}) "
+                          "and is not a bare state dict; is it a LAVT checkpoint?")
+
+
+def _list_keys(keys):
+    keys = list(keys)
+    shown = [f"    {k}" for k in keys[:LIST_LIMIT]]
+    if len(keys) > LIST_LIMIT:
+        shown.append(f"    ... and {len(keys) - LIST_LIMIT} more")
+    return shown
+
+
+def _compare(provided, expected, ignore_missing=()):
+    """(missing, unexpected, {key: (provided shape, expected shape)}) between two state dicts."""
+    missing = [k for k in expected if k not in provided and k not in ignore_missing]
+    unexpected = [k for k in provided if k not in expected]
+    mis_shaped = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in provided.items()
+                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)}
+    return missing, unexpected, mis_shaped
+
+
+def _swin_config(state_dict, prefix):
+    """(embed_dim, depths, heads) read off a backbone state dict, or None."""
+    proj = state_dict.get(prefix + "patch_embed.proj.weight")
+    if proj is None:
+        return None
+    blocks, heads = {}, {}
+    for key, value in state_dict.items():
+        match = re.fullmatch(re.escape(prefix) + r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table", key)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+            heads[stage] = value.shape[-1]
+    stages = sorted(blocks)
+    return int(proj.shape[0]), tuple(blocks[s] for s in stages), tuple(heads[s] for s in stages)
+
+
+def _describe_swin(config):
+    embed_dim, depths, heads = config
+    name = SWIN_SIZES.get((embed_dim, depths))
+    text = f"embed_dim {embed_dim}, depths {'-'.join(map(str, depths))}, heads {'-'.join(map(str, heads))}"
+    return (f"Swin-{name} ({text})" if name else f"Swin ({text})"), name
+
+
+def _mismatch_hints(provided, expected, prefix="backbone."):
+    hints = []
+    ck_swin, model_swin = _swin_config(provided, prefix), _swin_config(expected, prefix)
+    if ck_swin and model_swin and ck_swin != model_swin:
+        (ck_text, ck_name), (model_text, _) = _describe_swin(ck_swin), _describe_swin(model_swin)
+        advice = f"pass --swin_type {ck_name}" if ck_name else "build the model with the checkpoint's Swin size"
+        hints.append(f"the checkpoint is {ck_text} but the model is {model_text}: {advice}")
+    for key, value in provided.items():
+        if key.endswith("relative_position_bias_table") and key in expected \
+                and value.shape[0] != expected[key].shape[0]:
+            # A ((2w-1)^2, heads) table belongs to window w.
+            ck_window = (math.isqrt(value.shape[0]) + 1) // 2
+            model_window = (math.isqrt(expected[key].shape[0]) + 1) // 2
+            advice = ("pass --window12" if ck_window == 12 else
+                      "drop --window12 (default window 7)" if ck_window == 7 and model_window == 12 else
+                      f"build the model with window_size={ck_window}")
+            hints.append(f"checkpoint trained with window {ck_window} (model: window {model_window}): {advice}")
+            break
+    key = prefix + "layers.0.fusion.image_lang_att.f_key.0.weight"
+    if key in provided and key in expected and provided[key].shape[1] != expected[key].shape[1]:
+        hints.append(_text_width_hint(provided[key].shape[1], expected[key].shape[1]))
+    return hints
+
+
+def _text_width_hint(ck_width, model_width):
+    known = {768: "bert-base-uncased", 384: "the packaged MiniLM, --ck_bert minilm"}
+    name = f" ({known[ck_width]})" if ck_width in known else ""
+    return (f"the checkpoint was trained with {ck_width}-wide text features{name}, the model takes {model_width}: "
+            "build it with the text encoder the checkpoint was trained with (--ck_bert)")
+
+
+def _bert_hints(provided, expected):
+    def describe(state_dict):
+        emb = state_dict.get("embeddings.word_embeddings.weight")
+        layers = {int(m[1]) for k in state_dict for m in [re.match(r"encoder\.layer\.(\d+)\.", k)] if m}
+        return (None if emb is None else int(emb.shape[1])), len(layers)
+
+    (ck_width, ck_layers), (model_width, model_layers) = describe(provided), describe(expected)
+    if ck_width is not None and model_width is not None and (ck_width, ck_layers) != (model_width, model_layers):
+        return [f"the checkpoint's BERT has {ck_layers} layers of width {ck_width}, the model's {model_layers} of "
+                f"width {model_width}: " + _text_width_hint(ck_width, model_width).split(": ", 1)[1]]
+    return []
+
+
+def _mismatch_message(label, variant, parts, hints):
+    lines = [f"The {label} does not match the {variant} model:"]
+    for name, (missing, unexpected, mis_shaped) in parts.items():
+        where = f" in {name}" if name != "model" else ""
+        if missing:
+            lines += [f"  {len(missing)} missing key(s){where} (in the model, not in the checkpoint):"]
+            lines += _list_keys(missing)
+        if unexpected:
+            lines += [f"  {len(unexpected)} unexpected key(s){where} (in the checkpoint, not in the model):"]
+            lines += _list_keys(unexpected)
+        if mis_shaped:
+            lines += [f"  {len(mis_shaped)} mis-shaped key(s){where} (checkpoint shape vs model shape):"]
+            lines += _list_keys(f"{k}: {ck} in the checkpoint, {mod} in the model"
+                                for k, (ck, mod) in mis_shaped.items())
+    lines += [f"Hint: {hint}" for hint in hints]
+    return "\n".join(lines)
+
+
+def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True):
+    """Load a released-format LAVT checkpoint (or a bare state dict) into `model` (+ `bert_model` for lavt).
+
+    `checkpoint_or_path`: a path (loaded with `load_checkpoint_file`) or an already loaded dict.
+    Accepts `lavt` ({'model', 'bert_model'}) and `lavt_one` ({'model'} with `text_encoder.*`) checkpoints,
+    keys prefixed by `module.` (DDP), and ignores BERT pooler weights. With `strict`, any missing,
+    unexpected or mis-shaped key raises `CheckpointError` listing them with a hint (other Swin size,
+    window, text width or variant) and nothing is loaded; without, matching tensors are loaded.
+    Returns a summary dict (variant, tensor counts, epoch, and the keys not loaded).
+    """
+    if isinstance(checkpoint_or_path, (str, os.PathLike)):
+        label = f"checkpoint '{os.fspath(checkpoint_or_path)}'"
+        checkpoint = load_checkpoint_file(checkpoint_or_path)
+    elif isinstance(checkpoint_or_path, Mapping):
+        label, checkpoint = "checkpoint (in memory)", checkpoint_or_path
+    else:
+        raise TypeError("load_lavt_checkpoint: expected a path or a checkpoint dict, got "
+                        f"{type(checkpoint_or_path).__name__}")
+    model = _unwrap_model(model)
+    model_sd, bert_sd = _split_lavt_checkpoint(checkpoint, label)
+    expected = model.state_dict()
+    model_sd = _clean_state_dict(model_sd, expected, "text_encoder.")
+    has_text_encoder = isinstance(getattr(model, "text_encoder", None), nn.Module)
+    variant = "lavt_one" if has_text_encoder else "lavt"
+
+    hints = []
+    ck_has_text_encoder = any(k.startswith("text_encoder.") for k in model_sd)
+    if ck_has_text_encoder and not has_text_encoder:
+        hints.append("this is a lavt_one checkpoint (BERT inside as text_encoder): --model lavt_one")
+    elif has_text_encoder and not ck_has_text_encoder:
+        hints.append("this is a lavt checkpoint (BERT saved separately as bert_model): --model lavt")
+    hints += _mismatch_hints(model_sd, expected)
+    optional = tuple("text_encoder." + b for b in OPTIONAL_BERT_BUFFERS)
+    parts = {"model": _compare(model_sd, expected, ignore_missing=optional)}
+
+    if bert_model is not None:
+        bert_model = _unwrap_model(bert_model)
+        bert_expected = bert_model.state_dict()
+        if bert_sd is None:
+            parts["bert_model"] = ([f"(the whole 'bert_model' entry, {len(bert_expected)} tensors)"], [], {})
+        else:
+            bert_sd = _clean_state_dict(bert_sd, bert_expected, "")
+            parts["bert_model"] = _compare(bert_sd, bert_expected, ignore_missing=OPTIONAL_BERT_BUFFERS)
+            hints += _bert_hints(bert_sd, bert_expected)
+    elif bert_sd is not None and strict:
+        parts["bert_model"] = ([], [f"(the whole 'bert_model' entry, {len(bert_sd)} tensors: pass bert_model= "
+                                    "to load the text encoder)"], {})
+
+    if strict and any(any(p) for p in parts.values()):
+        raise CheckpointError(_mismatch_message(label, variant, parts, hints))
+    loaded = _load_matching(model, model_sd, parts["model"], strict)
+    if bert_model is not None and bert_sd is not None:
+        loaded += _load_matching(bert_model, bert_sd, parts["bert_model"], strict)
+    return {"variant": variant, "loaded": loaded, "epoch": checkpoint.get("epoch"),
+            "not_loaded": {name: dict(zip(("missing", "unexpected", "mis_shaped"), p))
+                           for name, p in parts.items() if any(p)}}
+
+
+def _clean_state_dict(state_dict, expected, bert_prefix):
+    """Strip wrapper prefixes; drop BERT pooler weights and optional BERT buffers the model lacks."""
+    optional = {bert_prefix + b for b in OPTIONAL_BERT_BUFFERS}
+    return OrderedDict((k, v) for k, v in _strip_prefixes(state_dict).items()
+                       if not k.startswith(bert_prefix + "pooler.") and not (k in optional and k not in expected))
+
+
+def _load_matching(module, state_dict, comparison, strict):
+    _, unexpected, mis_shaped = comparison
+    module.load_state_dict({k: v for k, v in state_dict.items() if k not in mis_shaped}, strict=strict)
+    return len(state_dict) - len(unexpected) - len(mis_shaped)
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _file_mode(path):
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)  # reading the umask requires setting it
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_directory(directory):
+    """Persist the rename itself; best effort (not possible on every platform / file system)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj, path):
+    """`torch.save(obj, path)` that never leaves a partial file: temp file in the same directory, flush,
+    fsync, `os.replace`. On any failure the temp file is removed and an existing `path` is untouched.
+    Refuses (CheckpointError, before replacing) objects that `load_checkpoint_file` would not load."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Cannot save '{path}': the directory '{directory}' does not exist; create it "
+                                "first or choose another output directory.")
+    mode = _file_mode(path)
+    try:
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise PermissionError(f"Cannot save '{path}': the directory '{directory}' is not writable "
+                              f"({err.strerror or err}); fix its permissions or choose another output "
+                              "directory.") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        unsafe = _unsafe_globals(tmp_path, "")
+        if unsafe:
+            raise CheckpointError(f"Not saving '{path}': it would contain pickled {', '.join(unsafe)} object(s), "
+                                  "which weights-only loading refuses; store tensors, numbers, strings and "
+                                  "plain containers instead.")
+        os.chmod(tmp_path, mode)
+        os.replace(tmp_path, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_path)
+        if hasattr(err, "add_note"):
+            err.add_note(f"(while saving '{path}'; any previous file there is unchanged)")
+        raise
+    _fsync_directory(directory)
+
+
+def model_state_dict(model):
+    """State dict of a model (DDP / DataParallel / torch.compile wrappers removed) or of a state dict,
+    without `module.` / `_orig_mod.` prefixes."""
+    if isinstance(model, Mapping):
+        return _strip_prefixes(model)
+    return _strip_prefixes(_unwrap_model(model).state_dict())
+
+
+_LEAF_TYPES = (torch.Tensor, str, bytes, bytearray, int, float, complex, bool, type(None),
+               torch.dtype, torch.device, torch.Size)
+
+
+def _check_weights_only_loadable(obj, where):
+    """Raise TypeError naming the first entry `torch.load(weights_only=True)` would refuse."""
+    if isinstance(obj, _LEAF_TYPES):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            _check_weights_only_loadable(key, f"{where} key {key!r}")
+            _check_weights_only_loadable(value, f"{where}[{key!r}]")
+    elif type(obj) in (list, tuple, set):
+        for index, value in enumerate(obj):
+            _check_weights_only_loadable(value, f"{where}[{index}]")
+    elif type(obj) is argparse.Namespace:
+        for key, value in vars(obj).items():
+            _check_weights_only_loadable(value, f"{where}.{key}")
+    else:
+        hint = " (convert numpy values with torch.from_numpy / float() / .tolist())" \
+            if type(obj).__module__.startswith("numpy") else ""
+        raise TypeError(f"save_checkpoint: {where} is a {type(obj).__module__}.{type(obj).__qualname__}, which "
+                        f"weights-only loading refuses; store tensors, numbers, strings or plain containers{hint}.")
+
+
+def _state(obj):
+    return obj.state_dict() if hasattr(obj, "state_dict") and callable(obj.state_dict) else obj
+
+
+def save_checkpoint(path, *, model, optimizer=None, epoch=None, args=None, lr_scheduler=None, bert_model=None,
+                    **extra):
+    """Write a released-format LAVT checkpoint atomically (see `atomic_torch_save`).
+
+    `model` / `bert_model`: modules (possibly DDP-wrapped) or state dicts, saved without `module.`;
+    `optimizer` / `lr_scheduler`: objects with `state_dict()` or their state dicts; `args`: an
+    argparse.Namespace (a dict is converted); `extra` (e.g. scaler, rng states, best metric): saved as
+    top-level entries and must be tensors, numbers, strings, Namespaces or containers of them.
+    """
+    checkpoint = {"model": model_state_dict(model)}
+    if bert_model is not None:
+        checkpoint["bert_model"] = model_state_dict(bert_model)
+    if optimizer is not None:
+        checkpoint["optimizer"] = _state(optimizer)
+    if epoch is not None:
+        checkpoint["epoch"] = epoch
+    if args is not None:
+        if isinstance(args, Mapping):
+            args = argparse.Namespace(**args)
+        if not isinstance(args, argparse.Namespace):
+            raise TypeError("save_checkpoint: args must be an argparse.Namespace or a dict, got "
+                            f"{type(args).__name__}")
+        checkpoint["args"] = args
+    if lr_scheduler is not None:
+        checkpoint["lr_scheduler"] = _state(lr_scheduler)
+    checkpoint.update(extra)
+    for name, value in checkpoint.items():
+        _check_weights_only_loadable(value, f"entry {name!r}")
+    atomic_torch_save(checkpoint, path)
+
+
+# --------------------------------------------------------------------------------- pretrained Swin weights
+def is_timm_swin_state_dict(state_dict):
+    """True for timm >= 0.9 Swin layouts: patch merging at the start of stages 1-3, classifier `head.fc`."""
+    stages_with_merging = {int(m[1]) for m in (re.match(r"layers\.(\d+)\.downsample\.", k) for k in state_dict) if m}
+    if "head.fc.weight" in state_dict or "head.fc.bias" in state_dict:
+        return True
+    return bool(stages_with_merging) and 0 not in stages_with_merging
+
+
+def checkpoint_filter_fn(state_dict):
+    """Convert a timm (>= 0.9) Swin state dict to the official Swin / LAVT backbone layout.
+
+    timm's `layers.{i}.downsample` (start of stage i, i >= 1) is the official `layers.{i-1}.downsample`
+    (end of stage i-1); the sub-patch order of merging is the same (see the module docstring), so
+    weights are copied unchanged. The classifier `head.*` and the non-persistent buffers
+    `relative_position_index` / `attn_mask` are dropped.
+    """
+    converted = OrderedDict()
+    for key, value in state_dict.items():
+        if key.startswith("head.") or key.endswith(("relative_position_index", "attn_mask")):
+            continue
+        match = re.match(r"layers\.(\d+)\.downsample\.(.+)$", key)
+        if match:
+            if int(match[1]) == 0:
+                raise CheckpointError(f"checkpoint_filter_fn: '{key}' has patch merging in stage 0, which timm's "
+                                      "layout never has; is this an official-layout checkpoint?")
+            key = f"layers.{int(match[1]) - 1}.downsample.{match[2]}"
+        converted[key] = value
+    return converted
+
+
+def resize_relative_position_bias_table(table, size):
+    """Resize a ((2w-1)^2, heads) table to (size^2, heads) bicubically as a (heads, 2w-1, 2w-1) image."""
+    length, heads = table.shape
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError(f"resize_relative_position_bias_table: length {length} is not a square")
+    image = table.t().reshape(1, heads, side, side).float()
+    image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False)
+    return image.reshape(heads, size * size).t().contiguous().to(table.dtype)
+
+
+def _read_swin_weights(path_or_state_dict):
+    if not isinstance(path_or_state_dict, (str, os.PathLike)):
+        return path_or_state_dict, "state dict (in memory)"
+    path = os.fspath(path_or_state_dict)
+    if path.endswith(".safetensors"):  # timm / Hugging Face hub files; safetensors cannot hold code
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"The pretrained Swin weights file '{path}' does not exist; check the path.")
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu"), f"'{path}'"
+    return load_checkpoint_file(path, what="pretrained Swin weights"), f"'{path}'"
+
+
+def load_pretrained_swin(backbone, path_or_state_dict):
+    """Load Swin classification weights non-strictly into the LAVT backbone; returns a report dict.
+
+    Accepts a path (.pth/.pt via `load_checkpoint_file`, or .safetensors) or a dict: official
+    ({'model': ...}), 'state_dict'-wrapped, bare, or timm-layout (converted by `checkpoint_filter_fn`);
+    `module.` / `backbone.` prefixes are stripped. The classifier `head.*` and final `norm.*` are not
+    used, `attn_mask` / `relative_position_index` buffers are dropped (ours are computed for our
+    window), and relative position tables of another window are resized bicubically.
+    Report keys: 'source', 'format', 'loaded', 'resized' {key: (old, new shape)}, 'skipped_unexpected',
+    'skipped_shape' {key: (file shape, model shape)}, 'dropped_buffers', 'missing' (backbone tensors
+    that keep their initialisation, e.g. fusion, gates, norm0-3). Use `format_load_report` to print it.
+    """
+    state_dict, source = _read_swin_weights(path_or_state_dict)
+    for entry in ("model", "state_dict", "module"):
+        if isinstance(state_dict.get(entry), Mapping):
+            state_dict = state_dict[entry]
+            break
+    state_dict = _strip_prefixes(state_dict, WRAPPER_PREFIXES + ("backbone.",))
+    file_format = "timm" if is_timm_swin_state_dict(state_dict) else "official"
+    timm_dropped = []
+    if file_format == "timm":
+        converted = checkpoint_filter_fn(state_dict)
+        timm_dropped = [k for k in state_dict if k.startswith("head.")]
+        state_dict = converted
+
+    backbone = _unwrap_model(backbone)
+    expected = backbone.state_dict()
+    report = {"source": source, "format": file_format, "loaded": [], "resized": {}, "skipped_unexpected": [],
+              "skipped_shape": {}, "dropped_buffers": [], "missing": []}
+    report["skipped_unexpected"] += timm_dropped
+    to_load = {}
+    for key, value in state_dict.items():
+        if key.endswith(("relative_position_index", "attn_mask")):
+            report["dropped_buffers"].append(key)
+        elif key.startswith(("head.", "norm.")) or key not in expected:
+            report["skipped_unexpected"].append(key)
+        elif value.shape == expected[key].shape:
+            to_load[key] = value
+        elif key.endswith("relative_position_bias_table") and value.shape[1] == expected[key].shape[1] \
+                and math.isqrt(value.shape[0]) ** 2 == value.shape[0]:
+            to_load[key] = resize_relative_position_bias_table(value, math.isqrt(expected[key].shape[0]))
+            report["resized"][key] = (tuple(value.shape), tuple(expected[key].shape))
+        else:
+            report["skipped_shape"][key] = (tuple(value.shape), tuple(expected[key].shape))
+    if not to_load:
+        raise CheckpointError(f"No tensor of the Swin weights {source} matches the backbone (first keys: "
+                              f"{list(state_dict)[:5]}); is it a Swin classification checkpoint?")
+    result = backbone.load_state_dict(to_load, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # filtered above
+    report["loaded"] = list(to_load)
+    report["missing"] = [k for k in expected if k not in to_load and not k.endswith("relative_position_index")]
+    return report
+
+
+def _group_keys(keys, depth=None):
+    """'layers.0.fusion.a', 'layers.1.fusion.b' -> ['layers.*.fusion.* (2)'] (depth 3): a short summary."""
+    groups = OrderedDict()
+    for key in keys:
+        pattern = re.sub(r"^norm\d+", "norm*", re.sub(r"(?<=layers\.)\d+|(?<=blocks\.)\d+", "*", key))
+        if depth is not None and pattern.count(".") >= depth:
+            pattern = ".".join(pattern.split(".")[:depth]) + ".*"
+        groups[pattern] = groups.get(pattern, 0) + 1
+    return [f"{p} ({n})" if n > 1 else p for p, n in groups.items()]
+
+
+def format_load_report(report):
+    """Human-readable summary of a `load_pretrained_swin` report (a few lines)."""
+    lines = [f"Pretrained Swin weights from {report['source']} ({report['format']} layout): "
+             f"loaded {len(report['loaded'])} tensors"]
+    if report["resized"]:
+        (old, new), count = next(iter(report["resized"].values())), len(report["resized"])
+        lines.append(f"  resized {count} relative position table(s) bicubically, e.g. {old} -> {new}")
+    for name, keys in (("skipped, not in the backbone", report["skipped_unexpected"]),
+                       ("skipped, shape differs (file vs model)",
+                        [f"{k} {file} vs {ours}" for k, (file, ours) in report["skipped_shape"].items()]),
+                       ("dropped buffers (recomputed)", report["dropped_buffers"]),
+                       ("kept their initialisation (not in the file)", report["missing"])):
+        if keys:
+            groups = keys if "shape" in name else _group_keys(keys, depth=3 if "initialisation" in name else None)
+            more = f", ... {len(groups) - LIST_LIMIT} more" if len(groups) > LIST_LIMIT else ""
+            shown = ", ".join(groups[:LIST_LIMIT]) + more
+            lines.append(f"  {name}: {len(keys)}: {shown}")
+    return "\n".join(lines)
