@@ -394,13 +394,13 @@ def model_state_dict(model):
     return _strip_prefixes(_unwrap_model(model).state_dict())
 
 
-_LEAF_TYPES = (torch.Tensor, str, bytes, bytearray, int, float, complex, bool, type(None),
-               torch.dtype, torch.device, torch.Size)
+# Exact types: subclasses such as numpy.float64 (a float) pickle as other globals and would be refused.
+_PLAIN_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size)
 
 
 def _check_weights_only_loadable(obj, where):
     """Raise TypeError naming the first entry `torch.load(weights_only=True)` would refuse."""
-    if isinstance(obj, _LEAF_TYPES):
+    if type(obj) in _PLAIN_TYPES or isinstance(obj, torch.Tensor):
         return
     if type(obj) in (dict, OrderedDict):
         for key, value in obj.items():

@@ -148,6 +148,8 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     np = pytest.importorskip("numpy")
     with pytest.raises(TypeError, match="rng.*numpy.*torch.from_numpy"):
         save_checkpoint(tmp_path / "out.pth", model=tiny_lavt(), rng={"numpy": np.zeros(3)})
+    with pytest.raises(TypeError, match="best.*numpy.float64"):  # a float subclass, still refused on load
+        save_checkpoint(tmp_path / "out.pth", model=tiny_lavt(), best=np.float64(0.5))
     assert sorted(os.listdir(tmp_path)) == ["evil.pth"]
 
 
@@ -374,3 +376,14 @@ def test_timm_weights_compute_what_timm_computes(tmp_path):
             height, width = (height + 1) // 2, (width + 1) // 2
             theirs = timm_model.layers[stage + 1].downsample(theirs)
             assert torch.allclose(x, theirs.flatten(1, 2), atol=1e-4), f"stage {stage} patch merging"
+
+
+def test_reference_state_dict_in_the_released_layout_loads_strictly():
+    reference = load_checkpoint_file(os.path.join(os.path.dirname(__file__), "fixtures", "nano_lavt_eval.pt"))
+    config = reference["config"]
+    model = build_lavt(config["embed_dim"], config["depths"], config["num_heads"], config["window_size"],
+                       fusion_heads=config["num_heads_fusion"], text_dim=config["text_dim"])
+    released = {"model": {f"module.{k}": v for k, v in reference["state_dict"].items()}, "epoch": 39}
+    assert load_lavt_checkpoint(model, released)["loaded"] == len(reference["state_dict"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference["state_dict"][key]), key
