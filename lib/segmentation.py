@@ -100,9 +100,9 @@ def _backbone_options(pretrained, args):
 
 def _load_swin(model, pretrained):
     if pretrained:
-        from .checkpoint import load_pretrained_swin
+        from .checkpoint import format_load_report, load_pretrained_swin
 
-        print(load_pretrained_swin(model.backbone, pretrained))
+        print(format_load_report(load_pretrained_swin(model.backbone, pretrained)))
     return model
 
 
