@@ -39,7 +39,7 @@ from pycocotools import mask as mask_utils
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "EXPRESSION_TYPES", "generate", "sample_scene", "render_scene",
     "shape_polygon", "mask_to_polygons", "evaluate", "referent", "realize", "normalize_sentence",
-    "outline_target", "main",
+    "outline_target", "write_examples", "main",
 ]
 
 # ---- vocabulary ---------------------------------------------------------------------------------
@@ -664,6 +664,10 @@ def generate(root: str, dataset: str = "synref", num_images: int = 2000, img_siz
     started = time.perf_counter()
     if num_images < 5:
         raise ValueError(f"num_images={num_images}: need at least 5 (one image per split).")
+    if seed < 0:
+        raise ValueError(f"seed={seed}: must be a non-negative integer.")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
+        raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must lie in [0, 1).")
     if img_size < 32:
         raise ValueError(f"img_size={img_size}: shapes are unreadable below 32 pixels; use 32 or more.")
     if not 1 <= num_held_out <= len(SHAPES):
@@ -765,6 +769,33 @@ def outline_target(image: np.ndarray, mask: np.ndarray, scale: int = 2) -> Image
     return Image.fromarray(big)
 
 
+def write_examples(root: str, dataset: str, out_dir: str, splitBy: str = "unc", scale: int = 2) -> list:
+    """For the first ref of each split, save the image with the target outlined (palette PNG),
+    plus `<dataset>_overview.png`, the first 8 images side by side.
+
+    Returns [(png path, split, [raw sentences])]; used to illustrate docs/synthetic.md.
+    """
+    refs = pickle.load(open(os.path.join(root, dataset, f"refs({splitBy}).p"), "rb"))
+    with open(os.path.join(root, dataset, "synthetic_scenes.json"), encoding="utf-8") as handle:
+        scenes = {scene["image_id"]: scene for scene in json.load(handle)["scenes"]}
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for split in SPLITS:
+        ref = next(r for r in refs if r["split"] == split)
+        scene = scenes[ref["image_id"]]
+        image, visible = render_scene(scene)
+        index = [obj["ann_id"] for obj in scene["objects"]].index(ref["ann_id"])
+        path = os.path.join(out_dir, f"{dataset}_{split}.png")
+        outline_target(image, visible[index], scale).quantize(128).save(path, optimize=True)
+        written.append((path, split, [s["raw"] for s in ref["sentences"]]))
+    tiles = [render_scene(scenes[image_id])[0] for image_id in sorted(scenes)[:8]]
+    rows = [np.concatenate(tiles[i:i + 4], 1) for i in range(0, len(tiles) - 3, 4)]
+    if rows:
+        path = os.path.join(out_dir, f"{dataset}_overview.png")
+        Image.fromarray(np.concatenate(rows, 0)).quantize(128).save(path, optimize=True)
+    return written
+
+
 def _format_summary(summary: dict) -> str:
     lines = [f"{summary['dataset']} ({summary['splitBy']}) -> {summary['root']}",
              f"  {'split':6s} {'images':>7s} {'refs':>7s} {'sentences':>10s}"]
@@ -794,6 +825,8 @@ def main(argv=None) -> dict:
                         help="chance that each further object copies an earlier one's shape or colour")
     parser.add_argument("--mix", default=None,
                         help="expression type weights, e.g. attribute=0.35,location=0.25,relation=0.2,ordinal=0.2")
+    parser.add_argument("--examples-dir", default="",
+                        help="also save one outlined example per split here (as in docs/images/)")
     args = parser.parse_args(argv)
     mix = None
     if args.mix:
@@ -806,6 +839,9 @@ def main(argv=None) -> dict:
                        test_fraction=args.test_fraction, num_held_out=args.num_held_out,
                        distractor_prob=args.distractor_prob, mix=mix, verbose=True)
     print(_format_summary(summary))
+    if args.examples_dir:
+        for path, split, sentences in write_examples(args.root, args.dataset, args.examples_dir, args.splitBy):
+            print(f"  example {split}: {path}: " + " | ".join(sentences))
     return summary
 
 
