@@ -1,0 +1,216 @@
+"""End-to-end: train.py / test.py / demo_inference.py as a user runs them, on a generated set.
+
+All on the CPU with the nano model at 64 px: single process, torchrun with 2 Gloo ranks, the
+original torch.distributed.launch form, resume, and the released-checkpoint path.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def env(threads="1"):
+    return {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def synref(tmp_path_factory):
+    from data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("refer_data")
+    generate(str(root), dataset="synref", num_images=24, img_size=64, seed=3)
+    return str(root)
+
+
+def common_flags(root):
+    return ["--device", "cpu", "--model", "lavt", "--swin_type", "nano", "--ck_bert", "minilm",
+            "--bert_tokenizer", "minilm", "--dataset", "synref", "--splitBy", "unc",
+            "--refer_data_root", root, "--img_size", "64", "--workers", "0", "--seed", "0"]
+
+
+def train_cmd(root, run_dir, out_dir, epochs=2, extra=()):
+    return [PY, "train.py", *common_flags(root), "--batch-size", "4", "--epochs", str(epochs), "--lr", "3e-4",
+            "--model_id", "t", "--run-dir", str(run_dir), "--output-dir", str(out_dir),
+            "--bert-trainable-layers", "1", "--print-freq", "5", *extra]
+
+
+def run(cmd, threads="2", timeout=600):
+    result = subprocess.run(cmd, cwd=REPO, env=env(threads), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
+    return result
+
+
+def load_checkpoint(path):
+    from lib.checkpoint import load_checkpoint_file
+
+    return load_checkpoint_file(str(path))
+
+
+def load_model_state(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_parameters(path_a, path_b, atol=1e-6):
+    a, b = load_model_state(path_a), load_model_state(path_b)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=atol), key
+
+
+@pytest.fixture(scope="module")
+def trained(synref, tmp_path_factory):
+    """A 2-epoch single-process run, reused by several tests."""
+    base = tmp_path_factory.mktemp("train")
+    run(train_cmd(synref, base / "run", base / "out"))
+    return base
+
+
+def test_single_process_training_writes_checkpoints_and_metrics(trained):
+    run_dir = trained / "run"
+    assert (trained / "out" / "model_best_t.pth").is_file()
+    assert (run_dir / "checkpoint_last.pth").is_file()
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert all(0.0 <= line["val_overall_iou"] <= 1.0 for line in lines)
+    assert lines[1]["lr"] < lines[0]["lr"]  # per-iteration poly decay
+    assert "Epoch: [1]" in (run_dir / "log.txt").read_text()
+    checkpoint = load_checkpoint(run_dir / "checkpoint_last.pth")
+    assert set(checkpoint) >= {"model", "bert_model", "optimizer", "epoch", "args", "lr_scheduler"}
+    assert checkpoint["epoch"] == 1 and checkpoint["args"].model_id == "t"
+
+
+def test_test_script_prints_and_writes_metrics(trained, synref, tmp_path):
+    out = tmp_path / "res.json"
+    result = run([PY, "test.py", *common_flags(synref), "--split", "val", "--resume",
+                  str(trained / "out" / "model_best_t.pth"), "--results-json", str(out)])
+    assert "Mean IoU is" in result.stdout and "overall IoU =" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["split"] == "val" and record["protocol"] == "resized"
+    printed = float(result.stdout.split("overall IoU = ")[1].split()[0])
+    assert printed == pytest.approx(record["overall_iou"], abs=0.006)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(trained, synref, tmp_path):
+    """SIGKILL in the middle of epoch 1, then --resume auto: same final parameters as no interruption."""
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    proc = subprocess.Popen(train_cmd(synref, run_dir, out_dir), cwd=REPO, env=env("2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run(train_cmd(synref, run_dir, out_dir, extra=["--resume", "auto"]))
+    assert "continuing at epoch 1" in result.stdout
+    assert_same_parameters(run_dir / "checkpoint_last.pth", trained / "run" / "checkpoint_last.pth")
+
+
+def test_batched_evaluation_equals_sentence_by_sentence(trained, synref, tmp_path):
+    import argparse
+
+    import engine
+    from args import get_parser
+    from data.dataset_refer_bert import ReferDataset
+    from transforms import get_transform
+
+    args = get_parser().parse_args([*common_flags(synref), "--resume", str(trained / "out" / "model_best_t.pth")])
+    model, text_encoder = engine.load_trained_model(args, torch.device("cpu"))
+    dataset = ReferDataset(args, image_transforms=get_transform(64), split="testB", eval_mode=True)
+    assert max(len(s) for s in dataset.sentences) > 1, "the test needs objects with several sentences"
+    one = engine.evaluate(model, text_encoder, dataset, torch.device("cpu"), eval_batch_size=1,
+                          prediction_dir=str(tmp_path / "pred"))
+    many = engine.evaluate(model, text_encoder, dataset, torch.device("cpu"), eval_batch_size=16)
+    assert one == many
+    rows = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == one["num_samples"] == sum(len(s) for s in dataset.sentences)
+    assert all((tmp_path / "pred" / row["mask"]).is_file() for row in rows)
+    assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) == pytest.approx(one["overall_iou"])
+    assert isinstance(args, argparse.Namespace)
+
+
+def test_original_protocol_compares_at_image_size(trained, synref, tmp_path):
+    out = tmp_path / "orig.json"
+    run([PY, "test.py", *common_flags(synref), "--split", "val", "--eval-protocol", "original", "--resume",
+         str(trained / "out" / "model_best_t.pth"), "--results-json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["protocol"] == "original" and 0.0 <= record["mean_iou"] <= 100.0
+
+
+def test_two_process_gloo_evaluation_equals_single_process(trained, synref, tmp_path):
+    checkpoint = str(trained / "out" / "model_best_t.pth")
+    single, double = tmp_path / "one.json", tmp_path / "two.json"
+    run([PY, "test.py", *common_flags(synref), "--split", "testA", "--resume", checkpoint,
+         "--results-json", str(single)])
+    run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "test.py",
+         *common_flags(synref), "--split", "testA", "--resume", checkpoint, "--results-json", str(double)], threads="1")
+    a, b = json.loads(single.read_text()), json.loads(double.read_text())
+    for key in ("num_samples", "mean_iou", "overall_iou", "precision@0.5", "precision@0.9"):
+        assert a[key] == b[key], key
+
+
+def test_torchrun_two_ranks_train_in_sync_and_only_rank0_writes(synref, tmp_path):
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    result = run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                  *train_cmd(synref, run_dir, out_dir, epochs=1)[1:]], threads="1")
+    assert "Parameters identical on all 2 ranks" in result.stdout
+    assert sorted(os.listdir(run_dir)) == ["checkpoint_last.pth", "log.txt", "metrics.jsonl"]
+    assert os.listdir(out_dir) == ["model_best_t.pth"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_legacy_distributed_launch_with_local_rank(synref, tmp_path):
+    result = run([PY, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port", str(free_port()),
+                  *train_cmd(synref, tmp_path / "run", tmp_path / "out", epochs=1)[1:]], threads="1")
+    assert "Parameters identical on all 2 ranks" in result.stdout
+
+
+def test_released_format_checkpoint_evaluates_with_ddp_trained_weights(trained, synref, tmp_path):
+    """A checkpoint laid out like the released files (DDP 'module.' keys, args Namespace) runs in test.py."""
+    from lib.checkpoint import atomic_torch_save
+
+    checkpoint = load_checkpoint(trained / "out" / "model_best_t.pth")
+    released = {"model": {f"module.{k}": v for k, v in checkpoint["model"].items()},
+                "bert_model": {f"module.{k}": v for k, v in checkpoint["bert_model"].items()},
+                "optimizer": checkpoint["optimizer"], "epoch": 39, "args": checkpoint["args"],
+                "lr_scheduler": checkpoint["lr_scheduler"]}
+    path = tmp_path / "refcoco.pth"
+    atomic_torch_save(released, str(path))
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    run([PY, "test.py", *common_flags(synref), "--split", "val", "--resume", str(trained / "out" / "model_best_t.pth"),
+         "--results-json", str(ours)])
+    run([PY, "test.py", *common_flags(synref), "--split", "val", "--resume", str(path), "--ddp_trained_weights",
+         "--results-json", str(theirs)])
+    assert json.loads(ours.read_text())["overall_iou"] == json.loads(theirs.read_text())["overall_iou"]
+
+
+def test_demo_writes_mask_and_overlay_at_image_size(trained, synref, tmp_path):
+    from PIL import Image
+
+    image_dir = os.path.join(synref, "images", "synref")
+    image_path = os.path.join(image_dir, sorted(os.listdir(image_dir))[0])
+    run([PY, "demo_inference.py", *common_flags(synref), "--resume", str(trained / "out" / "model_best_t.pth"),
+         "--image", image_path, "--sentence", "the red circle", "the big square", "--out-dir", str(tmp_path)])
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    size = Image.open(image_path).size
+    for i in range(2):
+        assert Image.open(tmp_path / f"{stem}_{i}_mask.png").size == size
+        assert Image.open(tmp_path / f"{stem}_{i}_overlay.png").size == size
