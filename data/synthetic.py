@@ -775,7 +775,9 @@ def write_examples(root: str, dataset: str, out_dir: str, splitBy: str = "unc", 
 
     Returns [(png path, split, [raw sentences])]; used to illustrate docs/synthetic.md.
     """
-    refs = pickle.load(open(os.path.join(root, dataset, f"refs({splitBy}).p"), "rb"))
+    from refer.safe_pickle import load_refs_pickle
+
+    refs = load_refs_pickle(os.path.join(root, dataset, f"refs({splitBy}).p"))
     with open(os.path.join(root, dataset, "synthetic_scenes.json"), encoding="utf-8") as handle:
         scenes = {scene["image_id"]: scene for scene in json.load(handle)["scenes"]}
     os.makedirs(out_dir, exist_ok=True)

@@ -83,7 +83,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
         for dirpath, _, names in os.walk(root):
             for name in names:
                 path = os.path.join(dirpath, name)
-                out[os.path.relpath(path, root)] = open(path, "rb").read()
+                with open(path, "rb") as handle:
+                    out[os.path.relpath(path, root)] = handle.read()
         return out
 
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
@@ -104,7 +105,8 @@ def test_polygons_decode_to_the_painted_objects(synref):
     traced = 0
     for scene in synref["meta"]["scenes"]:
         image, visible = render_scene(scene)
-        saved = np.asarray(Image.open(image_dir / f"synref_{scene['image_id']:012d}.png"))
+        with Image.open(image_dir / f"synref_{scene['image_id']:012d}.png") as png:
+            saved = np.asarray(png)
         assert np.array_equal(image, saved)  # the renderer reproduces the stored picture
         for obj, mask in zip(scene["objects"], visible, strict=True):
             ann = anns[obj["ann_id"]]
@@ -290,6 +292,6 @@ def test_write_examples_outlines_one_ref_per_split(synref, tmp_path):
     written = synthetic.write_examples(str(synref["root"]), "synref", str(tmp_path), scale=2)
     assert [split for _, split, _ in written] == list(synthetic.SPLITS)
     for path, _, sentences in written:
-        image = Image.open(path)
-        assert image.size == (2 * SIZE, 2 * SIZE) and sentences
+        with Image.open(path) as image:
+            assert image.size == (2 * SIZE, 2 * SIZE) and sentences
     assert (tmp_path / "synref_overview.png").is_file()
