@@ -36,15 +36,17 @@ def load_trained_model(args, device):
     `text_encoder` is the separate BERT of `lavt` (None for `lavt_one`); it is built from its
     config only, since the checkpoint's `bert_model` entry replaces every weight.
     """
-    from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint
-
     from bert import load_text_encoder
     from lib import segmentation
+    from lib.checkpoint import CheckpointError, load_checkpoint_file, load_lavt_checkpoint
 
-    checkpoint = load_checkpoint_file(args.resume)
+    checkpoint = load_checkpoint_file(args.resume, what="--resume")
     model = getattr(segmentation, args.model)(pretrained="", args=args)
     text_encoder = load_text_encoder(args.ck_bert, pretrained=False) if args.model == "lavt" else None
-    load_lavt_checkpoint(model, checkpoint, bert_model=text_encoder)
+    try:
+        load_lavt_checkpoint(model, checkpoint, bert_model=text_encoder)
+    except CheckpointError as err:
+        raise CheckpointError(f"--resume {args.resume}: {err}") from None
     model.to(device).eval()
     if text_encoder is not None:
         text_encoder.to(device).eval()

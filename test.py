@@ -27,19 +27,24 @@ def results_path(args):
 def main(args):
     if not args.resume:
         raise ValueError("--resume: pass the checkpoint (.pth) to evaluate.")
+    if not os.path.exists(args.resume):  # before the results directory next to it is created
+        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint file; pass the .pth file to evaluate.")
     device = utils.resolve_device(args.device)
     _, _, device = utils.init_distributed_mode(device, args.dist_timeout)
+    amp_dtype = engine.amp_dtype_for(args.amp, device)
     output = results_path(args)
     if utils.is_main_process():
         utils.check_writable_dir(os.path.dirname(os.path.abspath(output)), "--results-json")
         if args.save_predictions:
             utils.check_writable_dir(args.save_predictions, "--save-predictions")
-    model, text_encoder = engine.load_trained_model(args, device)
+    # The data first: a wrong split or path is reported before a large checkpoint is read.
     dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True)
+    model, text_encoder = engine.load_trained_model(args, device)
     started = time.time()
-    summary = engine.evaluate(model, text_encoder, dataset, device, eval_batch_size=args.eval_batch_size,
-                              protocol=args.eval_protocol, amp_dtype=engine.amp_dtype_for(args.amp, device),
-                              prediction_dir=args.save_predictions, workers=args.workers)
+    with utils.out_of_memory_hint(args, "--eval-batch-size"):
+        summary = engine.evaluate(model, text_encoder, dataset, device, eval_batch_size=args.eval_batch_size,
+                                  protocol=args.eval_protocol, amp_dtype=amp_dtype,
+                                  prediction_dir=args.save_predictions, workers=args.workers)
     if utils.is_main_process():
         print(engine.format_report(summary))
         record = {

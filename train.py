@@ -19,11 +19,11 @@ from torch.nn.parallel import DistributedDataParallel
 import engine
 import utils
 from args import get_parser
-from bert import load_text_encoder
+from bert import CachedFrozenTextEncoder, load_text_encoder
 from data.dataset_refer_bert import ReferDataset
 from lib import segmentation
 from lib.backbone import NO_WEIGHT_DECAY_KEYWORDS
-from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
+from lib.checkpoint import CheckpointError, load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
 from transforms import get_transform
 
 
@@ -124,6 +124,10 @@ def main(args):
         model = DistributedDataParallel(model, **ddp_kwargs)
         if text_encoder is not None and any(p.requires_grad for p in text_encoder.parameters()):
             text_encoder = DistributedDataParallel(text_encoder, **ddp_kwargs)
+    if text_encoder is not None and not any(p.requires_grad for p in text_encoder.parameters()):
+        text_encoder = CachedFrozenTextEncoder(text_encoder)
+    # Evaluation runs unwrapped (ranks see different numbers of objects, so no DDP collectives).
+    text_for_eval = text_encoder if isinstance(text_encoder, CachedFrozenTextEncoder) else text_single
 
     optimizer = torch.optim.AdamW(
         build_param_groups(model_single, text_single if text_single is not None else model_single.text_encoder),
@@ -134,8 +138,11 @@ def main(args):
 
     start_epoch, best_oiou = 0, -1.0
     if resume:
-        checkpoint = load_checkpoint_file(resume)
-        load_lavt_checkpoint(model_single, checkpoint, bert_model=text_single)
+        checkpoint = load_checkpoint_file(resume, what="--resume")
+        try:
+            load_lavt_checkpoint(model_single, checkpoint, bert_model=text_single)
+        except CheckpointError as err:
+            raise CheckpointError(f"--resume {resume}: {err}") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if checkpoint.get("scaler"):
@@ -153,19 +160,14 @@ def main(args):
         utils.seed_everything(args.seed + 1000 * epoch + rank)
         train_sampler.set_epoch(epoch)
         loader_generator.manual_seed(args.seed + 1000 * epoch + rank)
-        try:
+        with utils.out_of_memory_hint(args, "--batch-size"):
             train_stats = engine.train_one_epoch(
                 model, text_encoder, criterion, optimizer, lr_scheduler, train_loader, device, epoch,
                 print_freq=args.print_freq, amp_dtype=amp_dtype, scaler=scaler, log_file=log_file)
-        except torch.OutOfMemoryError as err:
-            raise utils.out_of_memory_error(err, args) from err
-        except RuntimeError as err:
-            if utils.is_out_of_memory(err):
-                raise utils.out_of_memory_error(err, args) from err
-            raise
-        val = engine.evaluate(model_single, text_single, val_set, device, eval_batch_size=args.eval_batch_size,
-                              amp_dtype=amp_dtype, one_sentence_seed=args.seed + epoch, workers=0,
-                              print_freq=max(len(val_set) // 4, 1), log_file=log_file)
+        with utils.out_of_memory_hint(args, "--eval-batch-size"):
+            val = engine.evaluate(model_single, text_for_eval, val_set, device, eval_batch_size=args.eval_batch_size,
+                                  amp_dtype=amp_dtype, one_sentence_seed=args.seed + epoch, workers=0,
+                                  print_freq=max(len(val_set) // 4, 1), log_file=log_file)
         is_best = val["overall_iou"] > best_oiou
         best_oiou = max(best_oiou, val["overall_iou"])
         if utils.is_main_process():

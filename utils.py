@@ -5,6 +5,7 @@ torchrun and by `python -m torch.distributed.launch`); without them the run is a
 with no process group. `SmoothedValue` / `MetricLogger` follow torchvision's reference scripts.
 """
 import builtins
+import contextlib
 import datetime
 import os
 import random
@@ -72,11 +73,29 @@ def init_distributed_mode(device, timeout_s=600):
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout,
+                            store=_restart_safe_store(world_size, timeout))
     setup_for_distributed(rank == 0)
     print(f"| distributed init (rank {rank}/{world_size}, backend {backend}, device {device})", force=True)
     return rank, world_size, device
+
+
+def _restart_safe_store(world_size, timeout):
+    """A store of its own for each torchrun restart of a single-node job; None (env://) otherwise.
+
+    torchrun keeps its TCPStore across worker restarts (torch 2.14), so the restarted ranks can read
+    the previous attempt's addresses and fail to connect to dead peers ("Gloo connectFullMesh failed").
+    A key prefix per restart separates the attempts. Restart counts are only consistent within one
+    agent, hence single-node jobs only.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" \
+            or os.environ.get("GROUP_WORLD_SIZE") != "1":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                           is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"attempt_{attempt}", client)
 
 
 def cleanup_distributed():
@@ -264,19 +283,35 @@ class ShardSampler(torch.utils.data.Sampler):
 # --------------------------------------------------------------------------- errors at the CLI edge
 
 def is_out_of_memory(err):
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
     text = str(err)
     return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
-def out_of_memory_error(err, args):
+def out_of_memory_error(err, args, batch_flag="--batch-size"):
+    detail = str(err).strip().splitlines()
+    batch_size = getattr(args, batch_flag.lstrip("-").replace("-", "_"))
     return MemoryError(
-        f"Out of memory ({str(err).splitlines()[0]}). Try a smaller --batch-size (now {args.batch_size}), "
+        f"Out of memory ({detail[0] if detail else type(err).__name__}). Try a smaller {batch_flag} (now {batch_size}), "
         f"mixed precision (--amp bf16, or fp16 on CUDA), or a smaller --img_size (now {args.img_size})."
     )
 
 
+@contextlib.contextmanager
+def out_of_memory_hint(args, batch_flag="--batch-size"):
+    """Re-raise an out-of-memory error inside the block as a MemoryError naming the flags that reduce memory."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if is_out_of_memory(err):
+            raise out_of_memory_error(err, args, batch_flag) from err
+        raise
+
+
 # Exceptions whose message is already written for the user: print it, not a traceback.
-USER_ERRORS = (FileNotFoundError, PermissionError, ValueError, MemoryError, FloatingPointError)
+# OSError covers undecodable images and full disks ("[Errno 28] No space left on device: ...").
+USER_ERRORS = (OSError, ValueError, MemoryError, FloatingPointError)
 
 
 def run_cli(main, parser):
@@ -285,7 +320,8 @@ def run_cli(main, parser):
     try:
         main(args)
     except USER_ERRORS + _checkpoint_errors() as err:
-        sys.stderr.write(f"error: {err}\n")  # every rank, unlike print()
+        notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))
+        sys.stderr.write(f"error: {err}{notes}\n")  # every rank, unlike print()
         cleanup_distributed()
         sys.exit(1)
 

@@ -1,0 +1,274 @@
+"""Bad input at the command line: train.py / test.py end with exit code 1 and one `error:` line naming the culprit.
+
+Issue 6, section 3, on the recorded REFER fixture with the nano model at 64 px. Most cases run the
+scripts in this process (`utils.run_cli` with a patched sys.argv: the same parsing and error
+handling as `python train.py ...`, without 7 s of imports per case); one runs the real subprocess.
+The REFER / dataset / checkpoint layers have their own error tests (test_refer.py, test_dataset.py,
+test_checkpoint.py); here the point is that those errors reach the user through the scripts.
+"""
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import engine
+import utils
+from args import get_parser
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE_ROOT = os.path.join(REPO, "tests", "fixtures", "refer_fixture")
+IMAGE_DIR = os.path.join("images", "mscoco", "images", "train2014")
+TRAIN_IMAGE = "COCO_train2014_000000098304.jpg"  # two of the three train objects: in every first batch of 2
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def flags(root=FIXTURE_ROOT, img_size=64):
+    return ["--device", "cpu", "--swin_type", "nano", "--ck_bert", "minilm", "--bert_tokenizer", "minilm",
+            "--refer_data_root", str(root), "--dataset", "refcoco", "--img_size", str(img_size), "-b", "2",
+            "--workers", "0", "--bert-trainable-layers", "1", "--print-freq", "50"]
+
+
+def train_flags(tmp_path, root=FIXTURE_ROOT, epochs=1, img_size=64):
+    return [*flags(root, img_size), "--epochs", str(epochs), "--model_id", "e", "--run-dir", str(tmp_path / "run"),
+            "--output-dir", str(tmp_path / "out")]
+
+
+def run_script(script, argv, monkeypatch, capsys):
+    """(exit code, stdout, stderr) of `python <script> <argv>`, run in this process."""
+    main = runpy.run_path(os.path.join(REPO, script), run_name="cli_under_test")["main"]
+    monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
+    code = 0
+    try:
+        utils.run_cli(main, get_parser())
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def expect_error(script, argv, monkeypatch, capsys, *fragments):
+    """Run; require exit code 1 and an `error:` message (no traceback) containing every fragment."""
+    code, out, err = run_script(script, argv, monkeypatch, capsys)
+    assert code == 1, f"exit code {code}\nSTDOUT\n{out[-2000:]}\nSTDERR\n{err[-2000:]}"
+    assert "error: " in err and "Traceback" not in err, err[-2000:]
+    message = err[err.index("error: "):]  # after any progress bar tqdm left on stderr
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+    return message
+
+
+@pytest.fixture
+def data_copy(tmp_path):
+    root = tmp_path / "refer_data"
+    shutil.copytree(FIXTURE_ROOT, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint_72(tmp_path_factory):
+    """One epoch at --img_size 72 (not a multiple of 32): its best checkpoint serves the evaluation tests."""
+    base = tmp_path_factory.mktemp("img72")
+    args = get_parser().parse_args(train_flags(base, img_size=72))
+    runpy.run_path(os.path.join(REPO, "train.py"), run_name="cli_under_test")["main"](args)
+    return base / "out" / "model_best_e.pth"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_missing_data_root_exits_1_naming_the_path(tmp_path):
+    """The real subprocess: exit code 1, one error line (no traceback) naming the path and the setup docs."""
+    missing = tmp_path / "no_refer_data"
+    result = subprocess.run([sys.executable, "train.py", *train_flags(tmp_path, root=missing)], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.startswith("error: "), result.stderr[-2000:]
+    assert str(missing) in result.stderr and "Data setup" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoint_last.pth").exists()
+
+
+@pytest.mark.parametrize("name", ["refs(unc).p", "instances.json"])
+def test_missing_annotation_file_is_named(data_copy, tmp_path, monkeypatch, capsys, name):
+    os.remove(data_copy / "refcoco" / name)
+    expect_error("train.py", train_flags(tmp_path, root=data_copy), monkeypatch, capsys,
+                 str(data_copy / "refcoco" / name), "Data setup")
+
+
+def test_missing_image_file_is_named(data_copy, tmp_path, monkeypatch, capsys):
+    os.remove(data_copy / IMAGE_DIR / TRAIN_IMAGE)
+    expect_error("train.py", train_flags(tmp_path, root=data_copy), monkeypatch, capsys,
+                 str(data_copy / IMAGE_DIR / TRAIN_IMAGE), "Image file not found")
+
+
+def test_undecodable_image_is_named(data_copy, tmp_path, monkeypatch, capsys):
+    (data_copy / IMAGE_DIR / TRAIN_IMAGE).write_bytes(b"\xff\xd8 not really a jpeg")
+    expect_error("train.py", train_flags(tmp_path, root=data_copy), monkeypatch, capsys,
+                 str(data_copy / IMAGE_DIR / TRAIN_IMAGE), "cannot be decoded")
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--dataset", "refcocoX", "Unknown dataset 'refcocoX'"),
+    ("--splitBy", "umd", "splitBy 'umd'"),
+    ("--split", "nosuch", "Unknown split 'nosuch'"),
+])
+def test_unknown_dataset_splitby_or_split_is_named(checkpoint_72, tmp_path, monkeypatch, capsys, option, value,
+                                                   fragment):
+    argv = [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val",
+            "--results-json", tmp_path / "r.json", option, value]
+    expect_error("test.py", argv, monkeypatch, capsys, fragment)
+    assert not (tmp_path / "r.json").exists()
+
+
+# --------------------------------------------------------------------------- sizes and checkpoints
+
+
+def test_img_size_not_a_multiple_of_32_trains_and_evaluates(checkpoint_72, tmp_path, monkeypatch, capsys):
+    assert checkpoint_72.is_file()  # the fixture trained at 72 px
+    results = tmp_path / "r.json"
+    code, out, err = run_script("test.py", [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val",
+                                            "--results-json", results], monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    record = json.loads(results.read_text())
+    assert record["img_size"] == 72 and record["num_samples"] > 0
+    assert 0.0 <= record["overall_iou"] <= 100.0
+
+    args = get_parser().parse_args([*flags(img_size=72), "--resume", str(checkpoint_72)])
+    model, text_encoder = engine.load_trained_model(args, torch.device("cpu"))
+    images = torch.randn(2, 3, 72, 72)
+    input_ids = torch.tensor([[101, 2158, 102] + [0] * 17] * 2)
+    attention_mask = (input_ids > 0).long()
+    with torch.no_grad():
+        logits = engine.forward_lavt(model, text_encoder, images, input_ids, attention_mask)
+    assert logits.shape == (2, 2, 72, 72)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--swin_type", "tiny"], ["Swin-nano", "Swin-tiny", "pass --swin_type nano", "mis-shaped key"]),
+    (["--model", "lavt_one"], ["lavt_one model", "--model lavt", "missing key"]),
+    (["--window12"], ["window 7", "drop --window12", "relative_position_bias_table"]),
+])
+def test_checkpoint_of_another_architecture_names_the_mismatch(checkpoint_72, tmp_path, monkeypatch, capsys,
+                                                               extra, fragments):
+    argv = [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val", "--results-json",
+            tmp_path / "r.json", *extra]
+    expect_error("test.py", argv, monkeypatch, capsys, f"--resume {checkpoint_72}", *fragments)
+
+
+def test_resume_of_missing_file_names_flag_and_path(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nowhere" / "model.pth"
+    expect_error("train.py", [*train_flags(tmp_path), "--resume", missing], monkeypatch, capsys,
+                 f"--resume {missing}", "--resume auto")
+    expect_error("test.py", [*flags(), "--resume", missing, "--split", "val"], monkeypatch, capsys,
+                 f"--resume {missing}", "no such checkpoint file")
+    # test.py writes its results next to the checkpoint: no directory may appear for a wrong path.
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_unwritable_output_directories_are_named(checkpoint_72, tmp_path, monkeypatch, capsys):
+    # A path below a regular file fails for every user, root included (chmod does not stop root).
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    bad = blocker / "sub"
+    base = train_flags(tmp_path)
+    expect_error("train.py", [*base, "--output-dir", bad], monkeypatch, capsys, f"--output-dir '{bad}'",
+                 "not a writable directory")
+    expect_error("train.py", [*base, "--run-dir", bad], monkeypatch, capsys, f"--run-dir '{bad}'")
+    evaluate = [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val"]
+    expect_error("test.py", [*evaluate, "--results-json", bad / "r.json"], monkeypatch, capsys,
+                 f"--results-json '{bad}'")
+    expect_error("test.py", [*evaluate, "--results-json", tmp_path / "r.json", "--save-predictions", bad],
+                 monkeypatch, capsys, f"--save-predictions '{bad}'")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permission bits do not bind root")
+def test_read_only_output_directory_is_named(tmp_path, monkeypatch, capsys):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        expect_error("train.py", [*train_flags(tmp_path), "--output-dir", read_only], monkeypatch, capsys,
+                     f"--output-dir '{read_only}'", "Permission denied")
+    finally:
+        read_only.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- resources and numerics
+
+
+OOM_ERRORS = {
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.10 GiB)"),
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                                "you tried to allocate 21474836480 bytes."),
+}
+
+
+def fail_forward(monkeypatch, error, when):
+    """Make engine.forward_lavt raise `error` in training (when='train') or only in evaluation ('eval')."""
+    forward = engine.forward_lavt
+
+    def forward_or_fail(*args, **kwargs):
+        if (when == "train") == torch.is_grad_enabled():
+            raise error()
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "forward_lavt", forward_or_fail)
+
+
+@pytest.mark.parametrize("kind", ["cuda", "cpu"])
+def test_out_of_memory_in_training_suggests_smaller_settings(tmp_path, monkeypatch, capsys, kind):
+    fail_forward(monkeypatch, OOM_ERRORS[kind], "train")
+    expect_error("train.py", [*train_flags(tmp_path), "--img_size", "96"], monkeypatch, capsys, "Out of memory",
+                 "--batch-size (now 2)", "--amp bf16", "--img_size (now 96)")
+
+
+def test_out_of_memory_in_validation_and_test_script(checkpoint_72, tmp_path, monkeypatch, capsys):
+    fail_forward(monkeypatch, OOM_ERRORS["cpu"], "eval")
+    expect_error("train.py", train_flags(tmp_path), monkeypatch, capsys, "can't allocate memory",
+                 "--eval-batch-size (now 16)", "--amp", "--img_size (now 64)")
+    fail_forward(monkeypatch, OOM_ERRORS["cuda"], "eval")
+    expect_error("test.py", [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val", "--results-json",
+                             tmp_path / "r.json", "--eval-batch-size", "4"], monkeypatch, capsys,
+                 "CUDA out of memory", "--eval-batch-size (now 4)", "--amp", "--img_size (now 72)")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_fp16_on_cpu_is_refused_pointing_to_bf16(checkpoint_72, tmp_path, monkeypatch, capsys):
+    expect_error("train.py", [*train_flags(tmp_path), "--amp", "fp16"], monkeypatch, capsys, "--amp fp16", "bf16")
+    expect_error("test.py", [*flags(), "--resume", checkpoint_72, "--split", "val", "--amp", "fp16"],
+                 monkeypatch, capsys, "--amp fp16", "bf16")
+
+
+def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, monkeypatch, capsys):
+    """A NaN loss at epoch 1, iteration 1 stops the run; epoch 0's checkpoint stays loadable and unchanged."""
+    build_criterion = engine.build_criterion
+    calls = []
+
+    def build_nan_on_fifth_step(kind):
+        criterion = build_criterion(kind)
+
+        def nan_on_fifth_step(logits, target):
+            calls.append(1)
+            loss = criterion(logits, target)
+            return loss * float("nan") if len(calls) == 5 else loss
+
+        return nan_on_fifth_step
+
+    monkeypatch.setattr(engine, "build_criterion", build_nan_on_fifth_step)
+    argv = [*train_flags(tmp_path, epochs=3), "-b", "1"]  # 3 iterations per epoch: call 5 = epoch 1, iteration 1
+    expect_error("train.py", argv, monkeypatch, capsys, "Non-finite training loss (nan) at epoch 1, iteration 1",
+                 "--lr", "--resume auto")
+    last = tmp_path / "run" / "checkpoint_last.pth"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 0
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0]
