@@ -61,7 +61,7 @@ def tails(logs):
     return "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in logs)
 
 
-@pytest.mark.parametrize("fault, timeout_s", [(signal.SIGKILL, 60), (signal.SIGSTOP, 20)])
+@pytest.mark.parametrize("fault, timeout_s", [(signal.SIGKILL, 60), (signal.SIGSTOP, 20)], ids=["SIGKILL", "SIGSTOP"])
 def test_surviving_rank_exits_when_its_peer_dies_or_hangs(tmp_path, fault, timeout_s):
     """SIGKILL closes the peer's sockets; SIGSTOP keeps them open, so only the process-group timeout helps."""
     run_dir = tmp_path / "run"
