@@ -38,15 +38,12 @@ def load_trained_model(args, device):
     """
     from bert import load_text_encoder
     from lib import segmentation
-    from lib.checkpoint import CheckpointError, load_checkpoint_file, load_lavt_checkpoint
+    from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint
 
     checkpoint = load_checkpoint_file(args.resume, what="--resume")
     model = getattr(segmentation, args.model)(pretrained="", args=args)
     text_encoder = load_text_encoder(args.ck_bert, pretrained=False) if args.model == "lavt" else None
-    try:
-        load_lavt_checkpoint(model, checkpoint, bert_model=text_encoder)
-    except CheckpointError as err:
-        raise CheckpointError(f"--resume {args.resume}: {err}") from None
+    load_lavt_checkpoint(model, checkpoint, bert_model=text_encoder, source=f"checkpoint '{args.resume}' (--resume)")
     model.to(device).eval()
     if text_encoder is not None:
         text_encoder.to(device).eval()
@@ -247,32 +244,42 @@ def evaluate(model, text_encoder, dataset, device, *, eval_batch_size=16, protoc
     writer = PredictionWriter(prediction_dir, dataset) if prediction_dir else None
     rng = np.random.default_rng(one_sentence_seed) if one_sentence_seed is not None else None
     choices = [int(rng.integers(len(s))) for s in dataset.sentences] if rng is not None else None
-    rows = []
+    rows, pending = [], []
+
+    def run_batch():
+        """Forward the pending (index, sentence, image, ids, mask, target) samples as one batch."""
+        images = torch.stack([sample[2] for sample in pending]).to(device)
+        input_ids = torch.stack([sample[3] for sample in pending]).to(device)
+        attention_mask = torch.stack([sample[4] for sample in pending]).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = forward_lavt(model, text_encoder, images, input_ids, attention_mask).float()
+        for (index, j, _, _, _, target), sample_logits in zip(pending, logits):
+            if protocol == "original":
+                sample_logits = F.interpolate(sample_logits[None], size=target.shape[-2:], mode="bilinear",
+                                              align_corners=True)[0]
+            mask = sample_logits.argmax(0)
+            rows.append((index, j, *intersection_union(mask, target)))
+            if writer is not None:
+                writer.write_masks(index, [j], [mask])
+        pending.clear()
+
     logger = utils.MetricLogger(log_file=log_file)
+    # Samples from consecutive objects share a batch: in eval mode every sample is computed
+    # independently, so batching changes speed, not results.
     for index, image, target, input_ids, attention_mask in logger.log_every(
             build_eval_loader(dataset, workers), print_freq, "Test:"):
         input_ids = input_ids.reshape(input_ids.shape[-2], -1).t()  # (n_sentences, N_l)
         attention_mask = attention_mask.reshape(attention_mask.shape[-2], -1).t()
-        sentence_indices = list(range(input_ids.shape[0]))
-        if choices is not None:
-            sentence_indices = [choices[index]]
+        sentence_indices = [choices[index]] if choices is not None else range(input_ids.shape[0])
         if protocol == "original":
             target = torch.from_numpy(dataset.original_target(index))
         target = target.to(device)
-        for start in range(0, len(sentence_indices), eval_batch_size):
-            chunk = sentence_indices[start:start + eval_batch_size]
-            images = image.unsqueeze(0).expand(len(chunk), -1, -1, -1).to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = forward_lavt(model, text_encoder, images,
-                                      input_ids[chunk].to(device), attention_mask[chunk].to(device))
-            logits = logits.float()
-            if protocol == "original":
-                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
-            masks = logits.argmax(1)
-            for j, mask in zip(chunk, masks):
-                rows.append((index, j, *intersection_union(mask, target)))
-            if writer is not None:
-                writer.write_masks(index, chunk, masks)
+        for j in sentence_indices:
+            pending.append((index, j, image, input_ids[j], attention_mask[j], target))
+            if len(pending) == eval_batch_size:
+                run_batch()
+    if pending:
+        run_batch()
     rows = sorted(row for shard in utils.all_gather_object(rows) for row in shard)
     if writer is not None and utils.is_main_process():
         writer.write_records(rows)

@@ -23,7 +23,7 @@ from bert import CachedFrozenTextEncoder, load_text_encoder
 from data.dataset_refer_bert import ReferDataset
 from lib import segmentation
 from lib.backbone import NO_WEIGHT_DECAY_KEYWORDS
-from lib.checkpoint import CheckpointError, load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
+from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
 from transforms import get_transform
 
 
@@ -139,10 +139,7 @@ def main(args):
     start_epoch, best_oiou = 0, -1.0
     if resume:
         checkpoint = load_checkpoint_file(resume, what="--resume")
-        try:
-            load_lavt_checkpoint(model_single, checkpoint, bert_model=text_single)
-        except CheckpointError as err:
-            raise CheckpointError(f"--resume {resume}: {err}") from None
+        load_lavt_checkpoint(model_single, checkpoint, bert_model=text_single, source=f"checkpoint '{resume}' (--resume)")
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if checkpoint.get("scaler"):

@@ -259,7 +259,7 @@ def _mismatch_message(label, variant, parts, hints):
     return "\n".join(lines)
 
 
-def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True):
+def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True, source=None):
     """Load a released-format LAVT checkpoint (or a bare state dict) into `model` (+ `bert_model` for lavt).
 
     `checkpoint_or_path`: a path (loaded with `load_checkpoint_file`) or an already loaded dict.
@@ -268,12 +268,14 @@ def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True
     unexpected or mis-shaped key raises `CheckpointError` listing them with a hint (other Swin size,
     window, text width or variant) and nothing is loaded; without, matching tensors are loaded.
     Returns a summary dict (variant, tensor counts, epoch, and the keys not loaded).
+    `source` names an already loaded checkpoint in error messages (e.g. "--resume ckpt.pth").
     """
     if isinstance(checkpoint_or_path, (str, os.PathLike)):
         label = f"checkpoint '{os.fspath(checkpoint_or_path)}'"
         checkpoint = load_checkpoint_file(checkpoint_or_path)
     elif isinstance(checkpoint_or_path, Mapping):
-        label, checkpoint = "checkpoint (in memory)", checkpoint_or_path
+        label = source or "checkpoint (in memory)"
+        checkpoint = checkpoint_or_path
     else:
         raise TypeError("load_lavt_checkpoint: expected a path or a checkpoint dict, got "
                         f"{type(checkpoint_or_path).__name__}")

@@ -123,9 +123,9 @@ def plot_overlays(dataset, prediction_dir, out_path, count=4):
         axis[0].imshow(image)
         axis[0].set_title(f"\"{row['sentence']}\"", fontsize=8)
         for ax, mask, name in ((axis[1], pred, f"prediction (IoU {100 * row['IoU']:.0f})"), (axis[2], truth, "ground truth")):
-            tinted = image.astype(float)
-            tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([255, 0, 0])
-            ax.imshow(tinted.astype(np.uint8))
+            shown = image.astype(float)
+            shown[~mask] *= 0.2  # darken everything but the mask: visible whatever the object's colour
+            ax.imshow(shown.astype(np.uint8))
             ax.set_title(name, fontsize=8)
         for ax in axis:
             ax.axis("off")
