@@ -63,6 +63,8 @@ def get_parser():
                         help="ce: weighted cross-entropy of the original; dice / ce+dice: add a soft Dice loss")
     parser.add_argument("--bert-trainable-layers", default=10, type=int, dest="bert_trainable_layers",
                         help="optimise BERT encoder layers 0..N-1 (original: 10); 0 freezes the text encoder")
+    parser.add_argument("--drop-path", default=0.3, type=float, dest="drop_path_rate",
+                        help="stochastic-depth rate of the last Swin block (released: 0.3)")
     parser.add_argument("--window-size", default=None, type=int, dest="window_size",
                         help="override the Swin window size (default: 7, or 12 with --window12)")
     parser.add_argument("--run-dir", default=None, dest="run_dir",

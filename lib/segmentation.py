@@ -95,7 +95,8 @@ def _backbone_options(pretrained, args):
         window_size = int(args.window_size)
     return dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
                 fusion_heads=parse_fusion_heads(getattr(args, "mha", "")),
-                fusion_drop=getattr(args, "fusion_drop", 0.0))
+                fusion_drop=getattr(args, "fusion_drop", 0.0),
+                drop_path_rate=getattr(args, "drop_path_rate", 0.3))
 
 
 def _load_swin(model, pretrained):
