@@ -160,7 +160,7 @@ def test_checkpoint_of_another_architecture_names_the_mismatch(checkpoint_72, tm
                                                                extra, fragments):
     argv = [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val", "--results-json",
             tmp_path / "r.json", *extra]
-    expect_error("test.py", argv, monkeypatch, capsys, f"--resume {checkpoint_72}", *fragments)
+    expect_error("test.py", argv, monkeypatch, capsys, f"checkpoint '{checkpoint_72}' (--resume)", *fragments)
 
 
 def test_resume_of_missing_file_names_flag_and_path(tmp_path, monkeypatch, capsys):
