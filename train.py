@@ -123,7 +123,7 @@ def main(args):
             ddp_kwargs["device_ids"] = [device.index]
         model = DistributedDataParallel(model, **ddp_kwargs)
         if text_encoder is not None and any(p.requires_grad for p in text_encoder.parameters()):
-            text_encoder = DistributedDataParallel(text_encoder, **ddp_kwargs)
+            text_encoder = DistributedDataParallel(text_encoder, **{**ddp_kwargs, "find_unused_parameters": False})
     if text_encoder is not None and not any(p.requires_grad for p in text_encoder.parameters()):
         text_encoder = CachedFrozenTextEncoder(text_encoder)
     # Evaluation runs unwrapped (ranks see different numbers of objects, so no DDP collectives).

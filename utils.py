@@ -324,6 +324,27 @@ def run_cli(main, parser):
         sys.stderr.write(f"error: {err}{notes}\n")  # every rank, unlike print()
         cleanup_distributed()
         sys.exit(1)
+    except RuntimeError as err:
+        if not _peer_failure(err):
+            raise
+        # A peer died or hung: say so in one line; the checkpoints on disk are intact.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        sys.stderr.write(f"error: rank {get_rank()}: another process of this distributed job failed or stopped "
+                         f"responding ({first}). Restart the job with --resume auto to continue from the last "
+                         "checkpoint.\n")
+        sys.exit(1)
+
+
+PEER_FAILURE_WORDS = ("pair closure", "connection closed", "connection reset", "broken pipe", "timed out",
+                      "timeout", "gloo", "nccl")
+
+
+def _peer_failure(err):
+    """Whether `err` is a collective failing because another rank died or hung."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return is_dist_avail_and_initialized() and any(word in text for word in PEER_FAILURE_WORDS)
 
 
 def _checkpoint_errors():

@@ -84,6 +84,7 @@ def test_surviving_rank_exits_when_its_peer_dies_or_hangs(tmp_path, fault, timeo
         assert procs[0].returncode != 0
         stderr = logs[0].read_text().lower()  # torch's wording varies with where rank 0 was waiting
         assert any(word in stderr for word in ("gloo", "timeout", "timed out", "connection")), tails(logs)
+        assert "another process of this distributed job failed" in stderr and "--resume auto" in stderr, tails(logs)
     finally:
         for proc in procs:
             if proc.poll() is None:
