@@ -72,7 +72,7 @@ def get_parser():
     parser.add_argument("--eval-protocol", default="resized", choices=["resized", "original"], dest="eval_protocol",
                         help="resized: compare at img_size (original test.py); original: at each image's own size")
     parser.add_argument("--eval-batch-size", default=16, type=_positive_int, dest="eval_batch_size",
-                        help="sentences of one object evaluated per forward pass")
+                        help="sentences evaluated per forward pass (batched across objects)")
     parser.add_argument("--save-predictions", default="", dest="save_predictions",
                         help="test.py: write per-sentence PNG masks and predictions.jsonl into this directory")
     parser.add_argument("--results-json", default="", dest="results_json",
