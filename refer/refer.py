@@ -97,6 +97,10 @@ class REFER:
                 instances = json.load(handle)
         except json.JSONDecodeError as err:
             raise ValueError(f"'{instances_path}' is not valid JSON ({err}). {DATA_SETUP_HINT}") from err
+        if not isinstance(instances, dict) or not all(
+                isinstance(instances.get(key, []), list) for key in ("images", "annotations", "categories")):
+            raise ValueError(f"'{instances_path}' is not a COCO-style instances file: expected an object with "
+                             f"lists 'images', 'annotations' and 'categories'. {DATA_SETUP_HINT}")
         self.data = {
             "dataset": dataset,
             "refs": refs,
@@ -136,13 +140,19 @@ class REFER:
         """Build every lookup table in one pass over annotations, images, categories and refs."""
         self.Anns, self.Imgs, self.Cats = {}, {}, {}
         self.imgToAnns = defaultdict(list)
-        for ann in self.data["annotations"]:
-            self.Anns[ann["id"]] = ann
-            self.imgToAnns[ann["image_id"]].append(ann)
-        for img in self.data["images"]:
-            self.Imgs[img["id"]] = img
-        for cat in self.data["categories"]:
-            self.Cats[cat["id"]] = cat["name"]  # the original maps id -> name
+        try:
+            for ann in self.data["annotations"]:
+                self.Anns[ann["id"]] = ann
+                self.imgToAnns[ann["image_id"]].append(ann)
+            for img in self.data["images"]:
+                self.Imgs[img["id"]] = img
+            for cat in self.data["categories"]:
+                self.Cats[cat["id"]] = cat["name"]  # the original maps id -> name
+        except (KeyError, TypeError) as err:
+            raise ValueError(
+                f"Malformed entry in '{instances_path}' (missing or wrong field: {err}); annotations need id and "
+                f"image_id, images need id, categories need id and name. {DATA_SETUP_HINT}"
+            ) from err
 
         self.Refs, self.Sents = {}, {}
         self.imgToRefs, self.catToRefs = defaultdict(list), defaultdict(list)

@@ -253,3 +253,18 @@ def test_ref_pointing_to_missing_annotation(tmp_path):
     edit_instances(root, "refcoco", lambda inst: inst["annotations"].pop(0))
     with pytest.raises(ValueError, match=r"Ref 0 .*annotation 1001"):
         REFER(str(root), "refcoco", "unc")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "is not valid JSON"),
+    ('{"images": [], "annotations": 5}', "is not a COCO-style instances file"),
+    ('[1, 2]', "is not a COCO-style instances file"),
+    ('{"images": [{"idx": 1}], "annotations": [], "categories": []}', "Malformed entry"),
+])
+def test_malformed_instances_file_is_named(tmp_path, content, fragment):
+    root = copy_fixture(tmp_path)
+    path = root / "refcoco" / "instances.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=fragment) as err:
+        REFER(str(root), "refcoco", "unc")
+    assert str(path) in str(err.value)
