@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 from collections import defaultdict
@@ -255,27 +256,25 @@ class REFER:
 
     # ---- masks ------------------------------------------------------------------------------
     def _annotation_rles(self, ann: dict, height: int, width: int) -> list:
-        """The annotation's parts (polygons and/or RLEs) as pycocotools RLEs of the image size."""
+        """The annotation's parts (polygons and/or RLEs) as pycocotools RLEs of the image size.
+
+        Every part is validated first: pycocotools' C code trusts its input, and a NaN coordinate
+        or an RLE whose runs overflow the image would crash the process or corrupt memory.
+        """
+        where = f"annotation {ann.get('id')} of '{self.DATA_DIR}/instances.json'"
         segmentation = ann.get("segmentation") or []
-        parts = [segmentation] if isinstance(segmentation, dict) else list(segmentation)
-        polygons = [
-            [float(v) for v in part] for part in parts if not isinstance(part, dict) and len(part) >= 6
-        ]
-        rles = mask_utils.frPyObjects(polygons, height, width) if polygons else []
+        if not isinstance(segmentation, (dict, list)):
+            raise ValueError(f"The segmentation of {where} must be a list of polygons or an RLE dict.")
+        parts = [segmentation] if isinstance(segmentation, dict) else segmentation
+        polygons, rles = [], []
         for part in parts:
-            if not isinstance(part, dict):
-                continue
-            size = [int(s) for s in part["size"]]
-            if size != [height, width]:
-                raise ValueError(
-                    f"Annotation {ann.get('id')} has an RLE of size {size} but its image is {height}x{width}."
-                )
-            if isinstance(part["counts"], list):  # uncompressed RLE
-                rles.append(mask_utils.frPyObjects(part, height, width))
+            if isinstance(part, dict):
+                rles.append(_checked_rle(part, height, width, where))
             else:
-                counts = part["counts"]
-                rles.append({"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
-        return rles
+                polygon = _checked_polygon(part, where)
+                if len(polygon) >= 6:  # fewer than 3 points encloses nothing
+                    polygons.append(polygon)
+        return (mask_utils.frPyObjects(polygons, height, width) if polygons else []) + rles
 
     def getMask(self, ref: dict) -> dict:
         """`{'mask': uint8 (H, W) with 1 on the referred object, 'area': float pixel count}`."""
@@ -322,3 +321,61 @@ class REFER:
         overlay[mask] = (*color, alpha)
         ax.imshow(overlay)
         return ax
+
+
+def _checked_polygon(part, where: str) -> list:
+    """A polygon [x1, y1, x2, y2, ...] of finite numbers, or a ValueError naming the annotation."""
+    try:
+        polygon = [float(v) for v in part]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"A polygon of {where} is not a list of numbers ({err}).") from err
+    if len(polygon) % 2 or not all(math.isfinite(v) for v in polygon):
+        raise ValueError(f"A polygon of {where} needs an even number of finite coordinates, got "
+                         f"{len(polygon)} value(s){'' if all(map(math.isfinite, polygon)) else ' with NaN/inf'}.")
+    return polygon
+
+
+def _compressed_rle_counts(text: bytes) -> list:
+    """Run lengths of a COCO compressed RLE string (the format of pycocotools' rleFrString)."""
+    counts, pos = [], 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError("truncated run")
+            char = text[pos] - 48
+            value |= (char & 0x1F) << (5 * shift)
+            more = bool(char & 0x20)
+            pos += 1
+            shift += 1
+            if not more and char & 0x10:
+                value |= -1 << (5 * shift)
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def _checked_rle(part: dict, height: int, width: int, where: str) -> dict:
+    """A pycocotools RLE of the image size whose runs cover the image exactly."""
+    try:
+        size = [int(s) for s in part["size"]]
+        counts = part["counts"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"An RLE of {where} needs 'size' [height, width] and 'counts' ({err}).") from err
+    if size != [height, width]:
+        raise ValueError(f"{where[0].upper()}{where[1:]} has an RLE of size {size} but its image is {height}x{width}.")
+    try:
+        if isinstance(counts, list):
+            runs = [int(c) for c in counts]
+        else:
+            counts = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+            runs = _compressed_rle_counts(counts)
+    except (TypeError, ValueError, UnicodeEncodeError) as err:
+        raise ValueError(f"The RLE counts of {where} cannot be read ({err}).") from err
+    if any(r < 0 for r in runs) or sum(runs) != height * width:
+        raise ValueError(f"The RLE of {where} does not cover its {height}x{width} image exactly "
+                         f"(runs sum to {sum(runs)}, or a run is negative).")
+    if isinstance(part["counts"], list):
+        return mask_utils.frPyObjects({"size": size, "counts": runs}, height, width)
+    return {"size": size, "counts": counts}

@@ -268,3 +268,40 @@ def test_malformed_instances_file_is_named(tmp_path, content, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
         REFER(str(root), "refcoco", "unc")
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("segmentation, fragment", [
+    ([[1, 2, 3, 4, 5, 6, 7]], "even number of finite coordinates"),
+    ([[float("nan"), 2, 3, 4, 5, 6]], "NaN/inf"),  # pycocotools would crash the process on this
+    ([[1, 2, "a", 4, 5, 6]], "not a list of numbers"),
+    ("xx", "must be a list of polygons or an RLE dict"),
+    ({"counts": "zz", "size": None}, "needs 'size'"),
+    ({"counts": [5, 5], "SIZE": True}, "needs 'size'"),
+    ({"counts": [5, 5], "size": "IMAGE"}, "does not cover"),  # runs overflowing the image: memory corruption in C
+    ({"counts": "9", "size": "IMAGE"}, "does not cover"),
+    ({"counts": "0]", "size": "IMAGE"}, "cannot be read"),
+])
+def test_hostile_segmentations_are_refused_naming_the_annotation(tmp_path, segmentation, fragment):
+    root = copy_fixture(tmp_path)
+    refer = REFER(str(root), "refcoco", "unc")
+    ref = refer.Refs[1]
+    ann = refer.refToAnn[1]
+    image = refer.Imgs[ref["image_id"]]
+    if isinstance(segmentation, dict) and segmentation.get("size") == "IMAGE":
+        segmentation = {**segmentation, "size": [image["height"], image["width"]]}
+    ann["segmentation"] = segmentation
+    with pytest.raises(ValueError, match=fragment) as err:
+        refer.getMask(ref)
+    assert f"annotation {ann['id']}" in str(err.value)
+
+
+def test_compressed_rle_counts_are_read_exactly(refer):
+    from refer.refer import _compressed_rle_counts
+
+    rng = np.random.default_rng(0)
+    mask = np.asfortranarray((rng.random((37, 53)) > 0.6).astype(np.uint8))
+    rle = mask_utils.encode(mask)
+    runs = _compressed_rle_counts(rle["counts"])
+    assert sum(runs) == mask.size
+    decoded = np.repeat(np.arange(len(runs)) % 2, runs).reshape(53, 37).T  # column-major runs
+    np.testing.assert_array_equal(decoded, mask)
