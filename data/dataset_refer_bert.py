@@ -38,7 +38,7 @@ def load_rgb_image(path: str, what: str = "") -> Image.Image:
                     values = values / 257.0
                 image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise OSError(
             f"Image '{path}'{suffix} cannot be decoded: corrupt or not an image ({type(err).__name__}: {err})."
         ) from err
