@@ -315,11 +315,16 @@ USER_ERRORS = (OSError, ValueError, MemoryError, FloatingPointError)
 
 
 def run_cli(main, parser):
-    """Parse arguments and run `main(args)`; user-facing errors end as one clear line, exit code 1."""
+    """Parse arguments and run `main(args)`; user-facing errors end as one clear line, exit code 1.
+
+    Set the environment variable LAVT_DEBUG=1 to get the full traceback instead.
+    """
     args = parser.parse_args()
     try:
         main(args)
     except USER_ERRORS + _checkpoint_errors() as err:
+        if os.environ.get("LAVT_DEBUG"):  # the full traceback, e.g. while editing lib/
+            raise
         notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))
         sys.stderr.write(f"error: {err}{notes}\n")  # every rank, unlike print()
         cleanup_distributed()

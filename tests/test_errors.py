@@ -272,3 +272,17 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, mon
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0]
+
+
+def test_lavt_debug_shows_the_full_exception_instead_of_one_line(monkeypatch, tmp_path):
+    def main(args):
+        raise ValueError("broken on purpose")
+
+    monkeypatch.setattr(sys, "argv", ["test.py"])
+    monkeypatch.setenv("LAVT_DEBUG", "1")
+    with pytest.raises(ValueError, match="broken on purpose"):
+        utils.run_cli(main, get_parser())
+    monkeypatch.delenv("LAVT_DEBUG")
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(main, get_parser())
+    assert exit_info.value.code == 1
