@@ -203,11 +203,10 @@ class PredictionWriter:
         self.dataset = dataset
         os.makedirs(directory, exist_ok=True)
 
-    def write_masks(self, index, sentence_indices, masks):
+    def write_mask(self, index, sentence_index, mask):
         ref_id = self.dataset.ref_ids[index]
-        for j, mask in zip(sentence_indices, masks):
-            image = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255)
-            image.save(os.path.join(self.directory, f"ref{ref_id}_sent{j}.png"))
+        image = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255)
+        image.save(os.path.join(self.directory, f"ref{ref_id}_sent{sentence_index}.png"))
 
     def write_records(self, rows):
         with open(os.path.join(self.directory, "predictions.jsonl"), "w") as handle:
@@ -260,7 +259,7 @@ def evaluate(model, text_encoder, dataset, device, *, eval_batch_size=16, protoc
             mask = sample_logits.argmax(0)
             rows.append((index, j, *intersection_union(mask, target)))
             if writer is not None:
-                writer.write_masks(index, [j], [mask])
+                writer.write_mask(index, j, mask)
         pending.clear()
 
     logger = utils.MetricLogger(log_file=log_file)
