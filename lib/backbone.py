@@ -1,8 +1,8 @@
 """Multi-modal Swin Transformer: the LAVT encoder that fuses words into every stage.
 
-Each stage runs shifted-window Swin blocks, then the Pixel-Word Attention Module (PWAM) gives
-language-aware features F_i; `norm{i}(F_i)` goes to the decoder, while `x + gate(F_i) * F_i` is
-patch-merged into the next stage. Any input size works: maps are zero-padded to the patch size,
+Each stage runs shifted-window Swin blocks, then a fusion layer (the Pixel-Word Attention Module,
+PWAM, by default; any registered in lib/fusion.py) gives language-aware features F_i;
+`norm{i}(F_i)` goes to the decoder, while `x + gate(F_i) * F_i` is patch-merged into the next stage. Any input size works: maps are zero-padded to the patch size,
 to the window size (before the cyclic shift) and to even sizes for merging, and cropped back.
 Parameter names follow the released LAVT checkpoints (see tests/fixtures/official_state_dict_keys.json).
 """
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from .fusion import PWAM, language_gate
+from .fusion import PWAM, get_fusion, language_gate
 
 # Backbone parameter names containing one of these get no weight decay in the released recipe.
 NO_WEIGHT_DECAY_KEYWORDS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
@@ -156,10 +156,14 @@ class PatchMerging(nn.Module):
 
 
 class MultiModalStage(nn.Module):
-    """One backbone stage (`layers.i`): Swin blocks, PWAM, language gate, optional patch merging."""
+    """One backbone stage (`layers.i`): Swin blocks, fusion, language gate, optional patch merging.
+
+    `fusion_layer(dim, text_dim, num_heads=fusion_heads, dropout=fusion_drop)` and `gate_layer(dim)`
+    build the `fusion` and `res_gate` submodules (contracts in lib/fusion.py).
+    """
 
     def __init__(self, dim, depth, num_heads, window_size, text_dim, fusion_heads=1, fusion_drop=0.0,
-                 drop_path=(), mlp_ratio=4.0, downsample=True):
+                 drop_path=(), mlp_ratio=4.0, downsample=True, fusion_layer=PWAM, gate_layer=language_gate):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2
@@ -169,8 +173,8 @@ class MultiModalStage(nn.Module):
                       mlp_ratio=mlp_ratio, drop_path=drop_path[j])
             for j in range(depth)
         ])
-        self.fusion = PWAM(dim, text_dim, num_heads=fusion_heads, dropout=fusion_drop)
-        self.res_gate = language_gate(dim)
+        self.fusion = fusion_layer(dim, text_dim, num_heads=fusion_heads, dropout=fusion_drop)
+        self.res_gate = gate_layer(dim)
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(self, x, height, width, l_feats, l_mask):
@@ -192,10 +196,14 @@ class MultiModalStage(nn.Module):
 
 
 class MultiModalSwinTransformer(nn.Module):
-    """LAVT backbone: returns `[norm_i(F_i)]` as maps (B, C * 2**i, H_i, W_i), one per stage."""
+    """LAVT backbone: returns `[norm_i(F_i)]` as maps (B, C * 2**i, H_i, W_i), one per stage.
+
+    `fusion_layer`: a name registered in lib/fusion.py or a callable; `gate_layer`: a callable.
+    """
 
     def __init__(self, embed_dim, depths, num_heads, window_size=7, text_dim=768, fusion_heads=(1, 1, 1, 1),
-                 fusion_drop=0.0, drop_path_rate=0.3, mlp_ratio=4.0, patch_size=4, in_chans=3):
+                 fusion_drop=0.0, drop_path_rate=0.3, mlp_ratio=4.0, patch_size=4, in_chans=3,
+                 fusion_layer="pwam", gate_layer=language_gate):
         super().__init__()
         depths, num_heads, fusion_heads = list(depths), list(num_heads), list(fusion_heads)
         if not len(depths) == len(num_heads) == len(fusion_heads):
@@ -206,13 +214,15 @@ class MultiModalSwinTransformer(nn.Module):
         self.in_chans = in_chans
         self.num_features = [embed_dim * 2 ** i for i in range(self.num_stages)]
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        fusion_layer = get_fusion(fusion_layer)
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
             self.layers.append(MultiModalStage(
                 self.num_features[i], depth, num_heads[i], window_size, text_dim, fusion_heads[i], fusion_drop,
-                rates[start:start + depth], mlp_ratio, downsample=i < self.num_stages - 1))
+                rates[start:start + depth], mlp_ratio, downsample=i < self.num_stages - 1,
+                fusion_layer=fusion_layer, gate_layer=gate_layer))
         for i, channels in enumerate(self.num_features):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))
         self.apply(self._init_weights)

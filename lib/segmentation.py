@@ -17,6 +17,7 @@ from torch import nn
 
 from .backbone import MultiModalSwinTransformer
 from .decoder import SimpleDecoding
+from .fusion import language_gate
 
 SWIN_CONFIGS = {
     "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
@@ -58,14 +59,19 @@ class LAVTOne(LAVT):
 
 
 def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1), fusion_drop=0.0,
-               drop_path_rate=0.3, text_dim=768, text_encoder=None):
+               drop_path_rate=0.3, text_dim=768, text_encoder=None, fusion_layer="pwam", gate_layer=language_gate):
     """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
-    (then the text width is its `config.hidden_size`)."""
+    (then the text width is its `config.hidden_size`).
+
+    `fusion_layer`: a name registered in lib/fusion.py (`pwam`, the released module, by default) or a
+    callable following the fusion contract there; `gate_layer(dim)` builds each stage's `res_gate`.
+    """
     if text_encoder is not None:
         text_dim = text_encoder.config.hidden_size
     backbone = MultiModalSwinTransformer(embed_dim, depths, num_heads, window_size=window_size, text_dim=text_dim,
                                          fusion_heads=fusion_heads, fusion_drop=fusion_drop,
-                                         drop_path_rate=drop_path_rate)
+                                         drop_path_rate=drop_path_rate, fusion_layer=fusion_layer,
+                                         gate_layer=gate_layer)
     classifier = SimpleDecoding(8 * embed_dim, hidden_channels=4 * embed_dim)
     if text_encoder is None:
         return LAVT(backbone, classifier)
@@ -96,7 +102,8 @@ def _backbone_options(pretrained, args):
     return dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
                 fusion_heads=parse_fusion_heads(getattr(args, "mha", "")),
                 fusion_drop=getattr(args, "fusion_drop", 0.0),
-                drop_path_rate=getattr(args, "drop_path_rate", 0.3))
+                drop_path_rate=getattr(args, "drop_path_rate", 0.3),
+                fusion_layer=getattr(args, "fusion", "pwam"))
 
 
 def _load_swin(model, pretrained):
