@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils import data
 
 from bert import load_tokenizer
-from refer import DATA_SETUP_HINT, REFER
+from refer import DATA_SETUP_HINT, REFER, object_mask
 
 __all__ = ["ReferDataset", "load_rgb_image", "tokenize_expressions"]
 
@@ -81,7 +81,10 @@ class ReferDataset(data.Dataset):
     expression becomes [CLS][SEP] (the model sees no words) and is reported once, at
     construction, in a warning naming its ref id and sentence id.
 
-    Masks: an object whose mask is empty (area 0) is kept with an all-zero target (downstream
+    Masks: the target is 1 where `REFER.getMask`'s summed mask equals 1, as in the released code,
+    so pixels where two polygons of the object overlap are background; `mask_union=True` makes
+    them object (the corrected target; it changes training and evaluation targets).
+    An object whose mask is empty (area 0) is kept with an all-zero target (downstream
     IoU is 0 when the union is empty) and reported once per ref id in a warning.
 
     Errors: a split with no refs -> ValueError naming dataset/splitBy/split; a ref without
@@ -96,7 +99,7 @@ class ReferDataset(data.Dataset):
     max_tokens = 20
 
     def __init__(self, args, image_transforms=None, target_transforms=None, split: str = "train",
-                 eval_mode: bool = False):
+                 eval_mode: bool = False, mask_union: bool = False):
         for name in ("refer_data_root", "dataset", "splitBy", "bert_tokenizer"):
             if not hasattr(args, name):
                 raise AttributeError(f"ReferDataset needs args.{name} (see the training script's --{name} option).")
@@ -104,6 +107,7 @@ class ReferDataset(data.Dataset):
         self.target_transforms = target_transforms
         self.split = split
         self.eval_mode = eval_mode
+        self.mask_union = mask_union
         self.refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
         self.ref_ids = self.refer.getRefIds(split=split)
         if not self.ref_ids:
@@ -154,7 +158,7 @@ class ReferDataset(data.Dataset):
     def original_target(self, index: int) -> np.ndarray:
         """The full-resolution object mask, uint8 (H, W), 1 on the object."""
         ref_id = self.ref_ids[index]
-        mask = self.refer.getMask(self.refer.Refs[ref_id])["mask"]
+        mask = object_mask(self.refer.getMask(self.refer.Refs[ref_id])["mask"], union=self.mask_union)
         if not mask.any() and ref_id not in self._warned_empty_masks:
             self._warned_empty_masks.add(ref_id)
             warnings.warn(f"Ref {ref_id} has an empty mask (area 0); its target is all zeros.", stacklevel=2)

@@ -1,5 +1,5 @@
 """The REFER index of referring-expression datasets (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF)."""
-from .refer import DATA_SETUP_HINT, KNOWN_SPLITBY, REFER
+from .refer import DATA_SETUP_HINT, KNOWN_SPLITBY, REFER, object_mask
 from .safe_pickle import UnsafePickleError, load_refs_pickle
 
-__all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "UnsafePickleError", "load_refs_pickle"]
+__all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "object_mask", "UnsafePickleError", "load_refs_pickle"]

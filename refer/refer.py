@@ -5,7 +5,7 @@ Re-implements the API of the REFER toolkit (github.com/lichengunc/refer) for Pyt
     refer = REFER(data_root, dataset="refcoco", splitBy="unc")
     ref_ids = refer.getRefIds(split="testA")
     ref = refer.loadRefs(ref_ids[0])[0]
-    mask = refer.getMask(ref)["mask"]          # uint8 (H, W), 1 on the referred object
+    mask = object_mask(refer.getMask(ref)["mask"])  # uint8 (H, W), 1 on the referred object
 
 On disk (`data_root`): `<dataset>/refs(<splitBy>).p` (pickled list of refs), `<dataset>/instances.json`
 (COCO-style images / annotations / categories) and the images under `IMAGE_DIR`.
@@ -15,9 +15,9 @@ Differences from the original toolkit, all deliberate:
 - `getRefIds(image_ids=...)` returns the refs of those images (the original built a list of lists),
   and `getAnnIds(ref_ids=...)` really filters by the refs' annotations (the original computed the
   filter and returned the unfiltered list);
-- `getMask` returns the union of the annotation's parts and the area of that union (the original
-  summed the parts, which differs only where polygons overlap); polygons with fewer than three
-  points (zero area) are ignored instead of being read as boxes by pycocotools;
+- `getMask` sums the annotation's parts exactly as the original does (overlapping polygons give
+  2), but polygons with fewer than three points (zero area) are ignored instead of being read as
+  boxes by pycocotools, and an RLE dict (crowd) annotation decodes instead of raising KeyError;
 - refs pickles are read with a restricted unpickler (`refer.safe_pickle`);
 - `ROOT_DIR` is the absolute data root (the original pointed at the toolkit's own folder).
 """
@@ -36,7 +36,7 @@ from pycocotools import mask as mask_utils
 
 from .safe_pickle import load_refs_pickle
 
-__all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT"]
+__all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "object_mask"]
 
 KNOWN_SPLITBY = {
     "refcoco": ("unc", "google"),
@@ -53,6 +53,15 @@ DATA_SETUP_HINT = (
     "(download links in its README); the RefCOCO/RefCOCO+/RefCOCOg images are MS-COCO train2014 "
     "(images.cocodataset.org/zips/train2014.zip), unpacked into <data_root>/images/mscoco/images/train2014."
 )
+
+
+def object_mask(summed: np.ndarray, union: bool = False) -> np.ndarray:
+    """The object's 0/1 uint8 mask from `REFER.getMask`'s summed mask.
+
+    Released rule (default): only pixels equal to 1 are object, so where two polygons of one
+    annotation overlap the target has a hole. `union=True` counts every covered pixel instead.
+    """
+    return ((summed > 0) if union else (summed == 1)).astype(np.uint8)
 
 
 def _as_list(value) -> list:
@@ -277,16 +286,22 @@ class REFER:
         return (mask_utils.frPyObjects(polygons, height, width) if polygons else []) + rles
 
     def getMask(self, ref: dict) -> dict:
-        """`{'mask': uint8 (H, W) with 1 on the referred object, 'area': float pixel count}`."""
+        """`{'mask': uint8 (H, W), 'area': float}` as the released REFER computes them.
+
+        Every part of the annotation (polygon or RLE) is decoded on its own and the masks are
+        SUMMED, so a pixel inside two overlapping polygons holds 2; `area` is the sum of the
+        parts' areas. The released dataset keeps only pixels equal to 1 as the object (see
+        `object_mask`), which makes such overlaps holes.
+        """
         ann = self.refToAnn[ref["ref_id"]]
         image = self.Imgs[ref["image_id"]]
         height, width = int(image["height"]), int(image["width"])
         rles = self._annotation_rles(ann, height, width)
         if not rles:
             return {"mask": np.zeros((height, width), dtype=np.uint8), "area": 0.0}
-        union = mask_utils.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
-        mask = np.ascontiguousarray(mask_utils.decode(union), dtype=np.uint8)
-        return {"mask": mask, "area": float(mask_utils.area(union))}
+        parts = mask_utils.decode(rles)  # (H, W, n_parts)
+        mask = np.ascontiguousarray(parts.sum(axis=2, dtype=np.int64).astype(np.uint8))
+        return {"mask": mask, "area": float(sum(mask_utils.area(rles)))}
 
     def getMaskByRef(self, ref: dict | None = None, ref_id: Integral | None = None) -> dict:
         if ref is None:
