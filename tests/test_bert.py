@@ -47,3 +47,17 @@ def test_cached_frozen_encoder_matches_eval_encoder_and_computes_each_sentence_o
     # the 3-row call is the reference computation above.
     assert calls == [2, 3]
     assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_missing_default_encoder_is_an_error_not_a_substitution(monkeypatch):
+    import bert.text_encoder as text_encoder
+
+    monkeypatch.setattr(text_encoder, "_hub_snapshot", lambda name: None)  # as on an offline machine
+    text_encoder.resolve_text_model.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"bert-base-uncased.*--ck_bert.*--ck_bert minilm --bert_tokenizer minilm"):
+            resolve_text_model("bert-base-uncased")
+        with pytest.raises(FileNotFoundError, match="--ck_bert"):
+            resolve_text_model(None)  # None means the default
+    finally:
+        text_encoder.resolve_text_model.cache_clear()
