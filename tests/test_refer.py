@@ -1,4 +1,8 @@
-"""REFER index on the recorded fixture: split selection, masks, lookups, errors, safe unpickling."""
+"""REFER index on the recorded fixture: split selection, masks, lookups, errors, safe unpickling.
+
+Every id, size and sentence is read from the fixture files or from what the original code
+recorded for them (`refer_fixture_expected.pt`), so the tests follow the fixture when it changes.
+"""
 import json
 import os
 import pickle
@@ -10,13 +14,23 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from refer import REFER, UnsafePickleError, load_refs_pickle
+from refer import REFER, UnsafePickleError, load_refs_pickle, object_mask
 
 FIXTURE_ROOT = os.path.join(os.path.dirname(__file__), "fixtures", "refer_fixture")
 # pycocotools 2.0.x + NumPy 2 warn inside `decode`; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 EXPECTED = torch.load(os.path.join(os.path.dirname(__file__), "fixtures", "refer_fixture_expected.pt"),
                       weights_only=True)
+with open(os.path.join(FIXTURE_ROOT, "refcoco", "instances.json"), encoding="utf-8") as _handle:
+    INSTANCES = json.load(_handle)
+REFS = load_refs_pickle(os.path.join(FIXTURE_ROOT, "refcoco", "refs(unc).p"))
+ANNS = {ann["id"]: ann for ann in INSTANCES["annotations"]}
+# Refs whose recorded summed mask reaches 2: polygons of one annotation overlap.
+OVERLAPPING_REFS = sorted(ref_id for ref_id, peak in EXPECTED["masks_max_value"].items() if peak > 1)
+# Refs with a plain 0/1 polygon mask, usable as ground truth when re-encoding annotations.
+BINARY_POLYGON_REFS = [ref["ref_id"] for ref in REFS if EXPECTED["masks_max_value"].get(ref["ref_id"]) == 1
+                       and isinstance(ANNS[ref["ann_id"]]["segmentation"], list)
+                       and all(isinstance(part, list) for part in ANNS[ref["ann_id"]]["segmentation"])]
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +52,42 @@ def edit_instances(root, dataset, edit):
     path.write_text(json.dumps(instances))
 
 
-@pytest.mark.parametrize("split", ["train", "val", "testA", "testB", "test"])
+def decode_runs(runs, height, width):
+    """An uncompressed COCO RLE (column-major runs, starting with zeros) as a (H, W) 0/1 array."""
+    flat = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8)
+    assert flat.size == height * width
+    return flat.reshape(width, height).T
+
+
+def encode_runs(mask):
+    """The inverse of `decode_runs`: a leading 0-run is written when the first pixel is set."""
+    flat = mask.flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    return [0] + runs if flat[0] == 1 else runs
+
+
+def image_size(image_id):
+    return tuple(EXPECTED["raw_images_rgb"][image_id].shape[:2])
+
+
+def expected_split(ref_split, split):
+    """The original toolkit's split rule, written out for checking."""
+    if split in ("testA", "testB", "testC"):
+        return split[-1] in ref_split
+    if split == "test":
+        return "test" in ref_split
+    return ref_split == split
+
+
+@pytest.mark.parametrize("split", sorted(EXPECTED["ref_ids"]))
 def test_ref_ids_per_split_match_recording(refer, split):
     assert refer.getRefIds(split=split) == EXPECTED["ref_ids"][split]
 
 
 def test_split_selection_rules(refer):
     all_ids = refer.getRefIds()
-    assert all_ids == [ref["ref_id"] for ref in refer.data["refs"]]
+    assert all_ids == [ref["ref_id"] for ref in refer.data["refs"]] == EXPECTED["ref_ids_all"]
     assert refer.getRefIds(split="testC") == []
     assert refer.getRefIds(split="testAB") == []
     # 'test' is the union of testA and testB here, in file order
@@ -53,22 +95,59 @@ def test_split_selection_rules(refer):
 
 
 def test_masks_and_areas_match_recording(refer):
-    assert set(EXPECTED["masks"]) == set(refer.Refs)
+    recorded, failed = set(EXPECTED["masks"]), set(EXPECTED["getMask_errors"])
+    assert not recorded & failed and recorded | failed == set(refer.Refs)
     for ref_id, expected_mask in EXPECTED["masks"].items():
         result = refer.getMask(refer.Refs[ref_id])
         assert result["mask"].dtype == np.uint8
-        assert result["mask"].shape == tuple(expected_mask.shape)
+        assert result["mask"].shape == tuple(expected_mask.shape) == image_size(refer.Refs[ref_id]["image_id"])
         np.testing.assert_array_equal(result["mask"], expected_mask.numpy(), err_msg=f"ref {ref_id}")
-        assert result["area"] == EXPECTED["areas"][ref_id] == float(result["mask"].sum())
+        assert result["mask"].max() == EXPECTED["masks_max_value"][ref_id]
+        # the summed mask's pixel count is the sum of the parts' areas, overlaps counted twice
+        assert result["area"] == EXPECTED["areas"][ref_id] == float(result["mask"].sum(dtype=np.int64))
         assert refer.getMaskByRef(ref_id=ref_id)["area"] == result["area"]
 
 
-def test_multi_part_object_mask_is_union(refer):
-    ref = refer.Refs[4]  # two separate rectangles: 60x40 + 50x30
-    assert len(refer.refToAnn[4]["segmentation"]) == 2
-    mask = refer.getMask(ref)["mask"]
-    assert mask.max() == 1 and mask.sum() == 2400 + 1500
-    assert mask[80, 40] == 1 and mask[85, 100] == 1 and mask[85, 75] == 0
+@pytest.mark.parametrize("ref_id", sorted(EXPECTED["getMask_errors"]))
+def test_annotations_the_original_could_not_decode_give_a_binary_mask(refer, ref_id):
+    """The released getMask raised on these (e.g. a crowd RLE dict); ours decodes them."""
+    ref = refer.Refs[ref_id]
+    segmentation = refer.refToAnn[ref_id]["segmentation"]
+    result = refer.getMask(ref)
+    mask = result["mask"]
+    assert mask.dtype == np.uint8 and mask.shape == image_size(ref["image_id"])
+    assert set(np.unique(mask).tolist()) == {0, 1}
+    assert result["area"] == float(mask.sum(dtype=np.int64))
+    if isinstance(segmentation, dict) and isinstance(segmentation["counts"], list):
+        np.testing.assert_array_equal(mask, decode_runs(segmentation["counts"], *mask.shape))
+    np.testing.assert_array_equal(object_mask(mask), mask)
+
+
+@pytest.mark.parametrize("ref_id", OVERLAPPING_REFS)
+def test_overlapping_polygons_are_summed(refer, ref_id):
+    """Released rule: parts decoded one by one and added; the overlap holds 2 and counts twice."""
+    ref = refer.Refs[ref_id]
+    polygons = refer.refToAnn[ref_id]["segmentation"]
+    assert isinstance(polygons, list) and len(polygons) >= 2
+    height, width = image_size(ref["image_id"])
+    parts = [mask_utils.frPyObjects([polygon], height, width)[0] for polygon in polygons]
+    separately = sum(mask_utils.decode(part).astype(np.int64) for part in parts)
+    result = refer.getMask(ref)
+    np.testing.assert_array_equal(result["mask"], separately)
+    assert result["area"] == sum(float(mask_utils.area(part)) for part in parts)
+    overlap = result["mask"] == 2
+    assert overlap.any()
+    released, union = object_mask(result["mask"]), object_mask(result["mask"], union=True)
+    assert not released[overlap].any() and union[overlap].all()
+    np.testing.assert_array_equal(union, (separately > 0).astype(np.uint8))
+    assert released.sum() == union.sum() - overlap.sum()
+
+
+def test_object_mask_rule():
+    summed = np.array([[0, 1, 2, 3]], dtype=np.uint8)
+    assert object_mask(summed).tolist() == [[0, 1, 0, 0]]
+    assert object_mask(summed, union=True).tolist() == [[0, 1, 1, 1]]
+    assert object_mask(summed).dtype == object_mask(summed, union=True).dtype == np.uint8
 
 
 def test_lookups_are_consistent(refer):
@@ -84,25 +163,55 @@ def test_lookups_are_consistent(refer):
             assert refer.sentToRef[sent["sent_id"]] is ref
             assert refer.Sents[sent["sent_id"]] is sent
             assert refer.sentToTokens[sent["sent_id"]] == sent["tokens"]
-    assert refer.loadRefs([2, 9]) == [refer.Refs[2], refer.Refs[9]]
-    assert refer.loadRefs(np.int64(2)) == [refer.Refs[2]]
-    assert refer.loadImgs(98305)[0]["height"] == 48
-    assert refer.getCatIds() == [1, 3, 44, 52]
-    assert refer.loadCats([1, 44]) == ["person", "bottle"]  # Cats maps id -> name, as in the original
-    assert sorted(refer.getImgIds()) == sorted(img["id"] for img in refer.data["images"])
-    assert len(refer.Sents) == 17
+    first, last = EXPECTED["ref_ids_all"][0], EXPECTED["ref_ids_all"][-1]
+    assert refer.loadRefs([last, first]) == [refer.Refs[last], refer.Refs[first]]
+    assert refer.loadRefs(np.int64(first)) == [refer.Refs[first]]
+    for image_id in EXPECTED["raw_images_rgb"]:
+        image = refer.loadImgs(np.int64(image_id))[0]
+        assert (image["height"], image["width"]) == image_size(image_id)
+    assert refer.getCatIds() == [cat["id"] for cat in INSTANCES["categories"]]
+    # Cats maps id -> name, as in the original
+    assert refer.loadCats(refer.getCatIds()[::-1]) == [cat["name"] for cat in INSTANCES["categories"]][::-1]
+    assert refer.getImgIds() == [image["id"] for image in INSTANCES["images"]]
+    assert {sent_id: sent["raw"] for sent_id, sent in refer.Sents.items()} == EXPECTED["sentences_raw"]
 
 
-def test_filters_combine(refer):
-    assert refer.getRefIds(image_ids=[98305]) == [2, 3]
-    assert refer.getRefIds(image_ids=[98305, 98304]) == [2, 3, 1, 0]
-    assert refer.getRefIds(image_ids=98305, cat_ids=[44]) == [3]
-    assert refer.getRefIds(cat_ids=3, split="testB") == [11]
-    assert refer.getRefIds(ref_ids=[0, 5, 6], split="test") == [6, 5]
-    assert refer.getAnnIds(image_ids=[98308]) == [1009, 1010, 1011]
-    assert refer.getAnnIds(image_ids=[98308], cat_ids=[44]) == [1009, 1010]
-    assert refer.getAnnIds(image_ids=[98308], ref_ids=[9]) == [1010]
-    assert refer.getImgIds(ref_ids=[2, 3, 9]) == [98305, 98308]
+def test_ref_filters_combine(refer):
+    """Every image / category / split filter and their combinations, against the original's rules."""
+    image_ids = [image["id"] for image in INSTANCES["images"]]
+    cat_ids = [cat["id"] for cat in INSTANCES["categories"]]
+    splits = ["train", "val", "testA", "testB", "test"]
+    for image_id in image_ids:
+        of_image = [ref for ref in REFS if ref["image_id"] == image_id]
+        assert refer.getRefIds(image_ids=image_id) == [ref["ref_id"] for ref in of_image]
+        for cat_id in cat_ids:
+            assert refer.getRefIds(image_ids=[image_id], cat_ids=cat_id) == [
+                ref["ref_id"] for ref in of_image if ref["category_id"] == cat_id]
+    # several images: refs image by image, in the order the images are asked for
+    reverse = image_ids[::-1]
+    assert refer.getRefIds(image_ids=reverse) == [ref["ref_id"] for i in reverse for ref in REFS if ref["image_id"] == i]
+    some_refs = EXPECTED["ref_ids_all"][::2]
+    for split in splits:
+        for cat_id in cat_ids:
+            assert refer.getRefIds(cat_ids=[cat_id], split=split) == [
+                ref["ref_id"] for ref in REFS if ref["category_id"] == cat_id and expected_split(ref["split"], split)]
+        assert refer.getRefIds(ref_ids=some_refs, split=split) == [
+            ref["ref_id"] for ref in REFS if ref["ref_id"] in some_refs and expected_split(ref["split"], split)]
+    assert refer.getImgIds(ref_ids=EXPECTED["ref_ids_all"]) == list(dict.fromkeys(ref["image_id"] for ref in REFS))
+
+
+def test_annotation_filters_combine(refer):
+    cat_ids = [cat["id"] for cat in INSTANCES["categories"]]
+    for image in INSTANCES["images"]:
+        of_image = [ann for ann in INSTANCES["annotations"] if ann["image_id"] == image["id"]]
+        assert refer.getAnnIds(image_ids=[image["id"]]) == [ann["id"] for ann in of_image]
+        for cat_id in cat_ids:
+            assert refer.getAnnIds(image_ids=[image["id"]], cat_ids=[cat_id]) == [
+                ann["id"] for ann in of_image if ann["category_id"] == cat_id]
+        for ref in REFS:
+            assert refer.getAnnIds(image_ids=[image["id"]], ref_ids=[ref["ref_id"]]) == [
+                ann["id"] for ann in of_image if ann["id"] == ref["ann_id"]]
+    assert refer.getAnnIds() == [ann["id"] for ann in INSTANCES["annotations"]]
 
 
 def test_image_dirs(refer, tmp_path):
@@ -209,49 +318,62 @@ def test_python2_refs_pickle(tmp_path, text_encoding):
     refs_path.write_bytes(b"\x80\x02" + _py2_pickle(refs, text_encoding) + b".")
     loaded = REFER(str(root), "refcoco", "unc")
     assert loaded.data["refs"] == refs
-    assert loaded.Sents[8]["raw"] == "café person"
+    raws = {sent_id: sent["raw"] for sent_id, sent in loaded.Sents.items()}
+    assert raws == EXPECTED["sentences_raw"]
+    assert any(not raw.isascii() for raw in raws.values()), "the fixture should hold a non-ASCII sentence"
 
 
 def test_rle_annotations_decode(tmp_path):
-    root = copy_fixture(tmp_path)
-    compressed = mask_utils.encode(np.asfortranarray(EXPECTED["masks"][2].numpy()))
-    compressed["counts"] = compressed["counts"].decode("ascii")  # as stored in JSON
-    mask3 = EXPECTED["masks"][3].numpy()
-    flat = mask3.flatten(order="F")
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
-    if flat[0] == 1:
-        runs = [0] + runs
-    uncompressed = {"size": list(mask3.shape), "counts": runs}
+    """Polygon annotations re-encoded as the RLE forms COCO files use give the same masks."""
+    assert len(BINARY_POLYGON_REFS) >= 3
+    dict_ref, crowd_ref, listed_ref = BINARY_POLYGON_REFS[:3]
+    compressed = {}
+    for ref_id in (dict_ref, listed_ref):
+        compressed[ref_id] = mask_utils.encode(np.asfortranarray(EXPECTED["masks"][ref_id].numpy()))
+        compressed[ref_id]["counts"] = compressed[ref_id]["counts"].decode("ascii")  # as stored in JSON
+    crowd_mask = EXPECTED["masks"][crowd_ref].numpy().copy()
+    crowd_mask[0, 0] = 1  # the runs then start with an empty 0-run
+    uncompressed = {"size": list(crowd_mask.shape), "counts": encode_runs(crowd_mask)}
+    ann_of = {ref["ref_id"]: ref["ann_id"] for ref in REFS}
 
     def to_rle(instances):
         for ann in instances["annotations"]:
-            if ann["id"] == 1003:
-                ann["segmentation"] = compressed
-            elif ann["id"] == 1004:
+            if ann["id"] == ann_of[dict_ref]:
+                ann["segmentation"] = compressed[dict_ref]
+            elif ann["id"] == ann_of[listed_ref]:
+                ann["segmentation"] = [compressed[listed_ref]]
+            elif ann["id"] == ann_of[crowd_ref]:
                 ann["segmentation"] = uncompressed
                 ann["iscrowd"] = 1
 
+    root = copy_fixture(tmp_path)
     edit_instances(root, "refcoco", to_rle)
     rle_refer = REFER(str(root), "refcoco", "unc")
-    for ref_id in (2, 3):
+    expected = {dict_ref: EXPECTED["masks"][dict_ref].numpy(), listed_ref: EXPECTED["masks"][listed_ref].numpy(),
+                crowd_ref: crowd_mask}
+    for ref_id, expected_mask in expected.items():
         result = rle_refer.getMask(rle_refer.Refs[ref_id])
-        np.testing.assert_array_equal(result["mask"], EXPECTED["masks"][ref_id].numpy())
-        assert result["area"] == EXPECTED["areas"][ref_id]
+        np.testing.assert_array_equal(result["mask"], expected_mask, err_msg=f"ref {ref_id}")
+        assert result["area"] == float(expected_mask.sum())
 
 
 def test_empty_segmentation_gives_empty_mask(tmp_path):
+    ref = REFS[0]
     root = copy_fixture(tmp_path)
-    edit_instances(root, "refcoco", lambda inst: inst["annotations"][0].update(segmentation=[]))
+    edit_instances(root, "refcoco", lambda inst: next(
+        ann for ann in inst["annotations"] if ann["id"] == ref["ann_id"]).update(segmentation=[]))
     empty = REFER(str(root), "refcoco", "unc")
-    result = empty.getMask(empty.Refs[0])
-    assert result["mask"].shape == (64, 96) and result["mask"].sum() == 0 and result["area"] == 0.0
+    result = empty.getMask(empty.Refs[ref["ref_id"]])
+    assert result["mask"].shape == image_size(ref["image_id"])
+    assert result["mask"].sum() == 0 and result["area"] == 0.0
 
 
 def test_ref_pointing_to_missing_annotation(tmp_path):
+    ref = REFS[-1]
     root = copy_fixture(tmp_path)
-    edit_instances(root, "refcoco", lambda inst: inst["annotations"].pop(0))
-    with pytest.raises(ValueError, match=r"Ref 0 .*annotation 1001"):
+    edit_instances(root, "refcoco", lambda inst: inst.update(
+        annotations=[ann for ann in inst["annotations"] if ann["id"] != ref["ann_id"]]))
+    with pytest.raises(ValueError, match=rf"Ref {ref['ref_id']} .*annotation {ref['ann_id']}"):
         REFER(str(root), "refcoco", "unc")
 
 
@@ -284,8 +406,8 @@ def test_malformed_instances_file_is_named(tmp_path, content, fragment):
 def test_hostile_segmentations_are_refused_naming_the_annotation(tmp_path, segmentation, fragment):
     root = copy_fixture(tmp_path)
     refer = REFER(str(root), "refcoco", "unc")
-    ref = refer.Refs[1]
-    ann = refer.refToAnn[1]
+    ref = refer.Refs[BINARY_POLYGON_REFS[0]]
+    ann = refer.refToAnn[ref["ref_id"]]
     image = refer.Imgs[ref["image_id"]]
     if isinstance(segmentation, dict) and segmentation.get("size") == "IMAGE":
         segmentation = {**segmentation, "size": [image["height"], image["width"]]}
