@@ -10,10 +10,16 @@ import json
 import os
 import time
 
+import cli
 import engine
+import metrics
 import utils
-from args import get_parser
+from args import get_test_parser
 from data.dataset_refer_bert import ReferDataset
+from data.evaluation import build_eval_loader
+from errors import UserInputError
+from lib.checkpoint import load_checkpoint_file
+from lib.referring_model import load_model
 from transforms import get_transform
 
 
@@ -21,44 +27,48 @@ def results_path(args):
     if args.results_json:
         return args.results_json
     stem = os.path.splitext(args.resume)[0]
-    return f"{stem}_{args.dataset}_{args.splitBy}_{args.split}_{args.eval_protocol}.json"
+    return f"{stem}_{args.dataset}_{args.splitBy}_{args.split}_{args.eval_protocol}_{args.img_size}px.json"
+
+
+def write_results(path, args, summary, seconds):
+    record = {
+        "checkpoint": os.path.abspath(args.resume), "model": args.model, "swin_type": args.swin_type,
+        "dataset": args.dataset, "splitBy": args.splitBy, "split": args.split,
+        "protocol": args.eval_protocol, "img_size": args.img_size,
+        **{key: (value * 100 if key != "num_samples" else value) for key, value in summary.items()},
+        "units": "percent", "seconds": round(seconds, 2),
+    }
+    with open(path, "w") as handle:
+        json.dump(record, handle, indent=2)
+    print(f"Results written to {path}")
 
 
 def main(args):
     if not args.resume:
-        raise ValueError("--resume: pass the checkpoint (.pth) to evaluate.")
-    if not os.path.exists(args.resume):  # before the results directory next to it is created
-        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint file; pass the .pth file to evaluate.")
-    device = utils.resolve_device(args.device)
-    _, _, device = utils.init_distributed_mode(device, args.dist_timeout)
-    amp_dtype = engine.amp_dtype_for(args.amp, device)
+        raise UserInputError("--resume: pass the checkpoint (.pth) to evaluate.")
+    checkpoint = load_checkpoint_file(args.resume, what="--resume")  # before any output directory is made
+    _, _, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)
+    amp_dtype = cli.amp_dtype_for(args.amp, device)
     output = results_path(args)
+    dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True,
+                           mask_union=args.mask_union)
+    model = load_model(args, device, checkpoint)
     if utils.is_main_process():
-        utils.check_writable_dir(os.path.dirname(os.path.abspath(output)), "--results-json")
+        cli.check_writable_dir(os.path.dirname(os.path.abspath(output)), "--results-json")
         if args.save_predictions:
-            utils.check_writable_dir(args.save_predictions, "--save-predictions")
-    # The data first: a wrong split or path is reported before a large checkpoint is read.
-    dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True)
-    model, text_encoder = engine.load_trained_model(args, device)
+            cli.check_writable_dir(args.save_predictions, "--save-predictions")
+    writer = metrics.PredictionWriter(args.save_predictions, dataset) if args.save_predictions else None
+    loader = build_eval_loader(dataset, args.eval_batch_size, original_size=args.eval_protocol == "original",
+                               workers=args.workers)
     started = time.time()
-    with utils.out_of_memory_hint(args, "--eval-batch-size"):
-        summary = engine.evaluate(model, text_encoder, dataset, device, eval_batch_size=args.eval_batch_size,
-                                  protocol=args.eval_protocol, amp_dtype=amp_dtype,
-                                  prediction_dir=args.save_predictions, workers=args.workers)
+    with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
+        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer)
+    summary = metrics.summarize(records)
     if utils.is_main_process():
-        print(engine.format_report(summary))
-        record = {
-            "checkpoint": os.path.abspath(args.resume), "model": args.model, "swin_type": args.swin_type,
-            "dataset": args.dataset, "splitBy": args.splitBy, "split": args.split,
-            "protocol": args.eval_protocol, "img_size": args.img_size,
-            **{key: (value * 100 if key != "num_samples" else value) for key, value in summary.items()},
-            "units": "percent", "seconds": round(time.time() - started, 2),
-        }
-        with open(output, "w") as handle:
-            json.dump(record, handle, indent=2)
-        print(f"Results written to {output}")
+        print(metrics.format_report(summary))
+        write_results(output, args, summary, time.time() - started)
     utils.cleanup_distributed()
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_parser())
+    cli.run_cli(main, get_test_parser())

@@ -5,7 +5,6 @@ torchrun and by `python -m torch.distributed.launch`); without them the run is a
 with no process group. `SmoothedValue` / `MetricLogger` follow torchvision's reference scripts.
 """
 import builtins
-import contextlib
 import datetime
 import os
 import random
@@ -46,14 +45,6 @@ def setup_for_distributed(is_master):
             builtin_print(*args, **kwargs)
 
     builtins.print = print_
-
-
-def resolve_device(requested):
-    """torch.device for --device, falling back to the CPU (with a notice) when CUDA is absent."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        print(f"--device {requested}: CUDA is not available on this machine; running on the CPU.")
-        return torch.device("cpu")
-    return torch.device(requested)
 
 
 def init_distributed_mode(device, timeout_s=600):
@@ -224,15 +215,16 @@ class MetricLogger:
             with open(self.log_file, "a") as handle:
                 handle.write(message + "\n")
 
-    def log_every(self, iterable, print_freq, header=""):
+    def log_every(self, iterable, print_freq, header="", total=None):
         start = time.time()
         end = start
         iter_time = SmoothedValue(fmt="{avg:.4f}")
         data_time = SmoothedValue(fmt="{avg:.4f}")
-        total = len(iterable)
+        total = len(iterable) if total is None else total
         width = len(str(total))
+        # A bar only on an interactive terminal: in piped output it would interleave with the log lines.
         bar = tqdm(iterable, desc=header.rstrip(":"), total=total, leave=False, dynamic_ncols=True,
-                   disable=not is_main_process(), mininterval=1.0 if sys.stderr.isatty() else 30.0)
+                   disable=not (is_main_process() and sys.stderr.isatty()), mininterval=1.0)
         for i, obj in enumerate(bar):
             data_time.update(time.time() - end)
             yield obj
@@ -245,21 +237,6 @@ class MetricLogger:
             end = time.time()
         elapsed = datetime.timedelta(seconds=int(time.time() - start))
         self.log(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
-
-
-def check_writable_dir(path, flag):
-    """Create `path` if needed and make sure files can be written there, or fail naming the flag."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as err:
-        raise PermissionError(
-            f"{flag} '{path}' is not a writable directory ({err.strerror}). "
-            f"Choose another directory with {flag}."
-        ) from err
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -278,83 +255,3 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(range(self.rank, self.num_samples, self.world_size))
-
-
-# --------------------------------------------------------------------------- errors at the CLI edge
-
-def is_out_of_memory(err):
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(err)
-    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
-
-
-def out_of_memory_error(err, args, batch_flag="--batch-size"):
-    detail = str(err).strip().splitlines()
-    batch_size = getattr(args, batch_flag.lstrip("-").replace("-", "_"))
-    return MemoryError(
-        f"Out of memory ({detail[0] if detail else type(err).__name__}). Try a smaller {batch_flag} (now {batch_size}), "
-        f"mixed precision (--amp bf16, or fp16 on CUDA), or a smaller --img_size (now {args.img_size})."
-    )
-
-
-@contextlib.contextmanager
-def out_of_memory_hint(args, batch_flag="--batch-size"):
-    """Re-raise an out-of-memory error inside the block as a MemoryError naming the flags that reduce memory."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as err:
-        if is_out_of_memory(err):
-            raise out_of_memory_error(err, args, batch_flag) from err
-        raise
-
-
-# Exceptions whose message is already written for the user: print it, not a traceback.
-# OSError covers undecodable images and full disks ("[Errno 28] No space left on device: ...").
-USER_ERRORS = (OSError, ValueError, MemoryError, FloatingPointError)
-
-
-def run_cli(main, parser):
-    """Parse arguments and run `main(args)`; user-facing errors end as one clear line, exit code 1.
-
-    Set the environment variable LAVT_DEBUG=1 to get the full traceback instead.
-    """
-    args = parser.parse_args()
-    try:
-        main(args)
-    except USER_ERRORS + _checkpoint_errors() as err:
-        if os.environ.get("LAVT_DEBUG"):  # the full traceback, e.g. while editing lib/
-            raise
-        notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))
-        sys.stderr.write(f"error: {err}{notes}\n")  # every rank, unlike print()
-        cleanup_distributed()
-        sys.exit(1)
-    except RuntimeError as err:
-        if not _peer_failure(err):
-            raise
-        # A peer died or hung: say so in one line; the checkpoints on disk are intact.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        sys.stderr.write(f"error: rank {get_rank()}: another process of this distributed job failed or stopped "
-                         f"responding ({first}). Restart the job with --resume auto to continue from the last "
-                         "checkpoint.\n")
-        sys.exit(1)
-
-
-PEER_FAILURE_WORDS = ("pair closure", "connection closed", "connection reset", "broken pipe", "timed out",
-                      "timeout", "gloo", "nccl")
-
-
-def _peer_failure(err):
-    """Whether `err` is a collective failing because another rank died or hung."""
-    if isinstance(err, dist.DistError):
-        return True
-    text = str(err).lower()
-    return is_dist_avail_and_initialized() and any(word in text for word in PEER_FAILURE_WORDS)
-
-
-def _checkpoint_errors():
-    import pickle
-
-    from lib.checkpoint import CheckpointError
-
-    return (CheckpointError, pickle.UnpicklingError)

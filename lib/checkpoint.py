@@ -1,21 +1,16 @@
-"""Checkpoint I/O: safe loading, atomic saving, released LAVT checkpoints and pretrained Swin weights.
+"""Checkpoint I/O: safe loading, atomic saving and released LAVT checkpoints.
 
-Loading never unpickles arbitrary objects. Every file goes through `load_checkpoint_file`, i.e.
-`torch.load(weights_only=True)` with only `argparse.Namespace` allowed beyond PyTorch's own
-tensor/container allowlist (the released LAVT checkpoints keep the training options in `args` as a
-Namespace). Saving goes through `save_checkpoint` / `atomic_torch_save`: a temporary file beside the
-target is written, fsync'ed and renamed over it, so an interrupted save leaves the previous file intact.
+Loading never unpickles arbitrary objects. What a checkpoint may hold is defined once, by
+`PLAIN_VALUE_TYPES` and `CONTAINER_TYPES` (tensors aside): `load_checkpoint_file` lets exactly these
+through `torch.load(weights_only=True)` (the released LAVT checkpoints keep the training options in
+`args` as an `argparse.Namespace`), and `atomic_torch_save` refuses anything else before writing.
+Saving goes through `save_checkpoint` / `atomic_torch_save`: a temporary file beside the target is
+written, fsync'ed and renamed over it, so an interrupted save leaves the previous file intact.
 
 Released layout, both variants: {'model': backbone + classifier state dict (+ `text_encoder.*` for
 lavt_one), 'bert_model': BERT state dict (lavt only), 'optimizer', 'epoch', 'args', 'lr_scheduler'}.
 
-Pretrained Swin classification weights (`load_pretrained_swin`) come in the official layout
-(`{'model': ...}`, patch merging at the end of stages 0-2) or in timm's (>= 0.9: merging at the start of
-stages 1-3, `head.fc`); `checkpoint_filter_fn` converts the latter. Both concatenate the four 2x2
-sub-patches in the same order -- timm reshapes to (B, H/2, 2, W/2, 2, C) and permutes the two
-sub-patch axes to (column, row) before flattening, which gives (0,0), (1,0), (0,1), (1,1) as
-(row, column) offsets, the official x0, x1, x2, x3 -- so merging weights need no permutation
-(tests/test_checkpoint.py checks this numerically against timm's PatchMerging).
+Pretrained Swin classification weights are loaded by lib/swin_weights.py.
 """
 import argparse
 import contextlib
@@ -28,17 +23,18 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "CheckpointError", "load_checkpoint_file", "load_lavt_checkpoint", "save_checkpoint", "atomic_torch_save",
-    "model_state_dict", "load_pretrained_swin", "format_load_report", "checkpoint_filter_fn",
-    "is_timm_swin_state_dict", "resize_relative_position_bias_table",
+    "model_state_dict", "strip_prefixes", "unwrap_model", "check_loadable", "PLAIN_VALUE_TYPES", "CONTAINER_TYPES",
 ]
 
-# Beyond PyTorch's weights-only allowlist, only this may be unpickled.
-ALLOWED_GLOBALS = (argparse.Namespace,)
+# What a checkpoint may hold besides tensors (the one definition; see the module docstring). Exact
+# types: subclasses such as numpy.float64 (a float) pickle as other globals, which loading refuses.
+PLAIN_VALUE_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype, torch.device,
+                     torch.Size)
+CONTAINER_TYPES = (dict, OrderedDict, list, tuple, set, argparse.Namespace)
 # Wrappers whose keys get a prefix: DistributedDataParallel / DataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Hugging Face BERT buffers that some transformers versions save and others do not.
@@ -56,10 +52,12 @@ class CheckpointError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _allow_namespace():
+def _allowed_globals():
+    """`torch.load(weights_only=True)` accepting exactly the allowed types (most are in PyTorch's own list)."""
+    allowed = list(PLAIN_VALUE_TYPES + CONTAINER_TYPES)
     if hasattr(torch.serialization, "safe_globals"):
-        return torch.serialization.safe_globals(list(ALLOWED_GLOBALS))
-    torch.serialization.add_safe_globals(list(ALLOWED_GLOBALS))  # torch 2.4 has no context manager
+        return torch.serialization.safe_globals(allowed)
+    torch.serialization.add_safe_globals(allowed)  # torch 2.4 has no context manager
     return contextlib.nullcontext()
 
 
@@ -71,13 +69,24 @@ def _first_line(err, limit=200):
 
 def _unsafe_globals(path, err):
     """The pickled globals of `path` outside the allowlist, from a static scan (nothing is executed)."""
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in ALLOWED_GLOBALS}
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in PLAIN_VALUE_TYPES + CONTAINER_TYPES}
     try:
-        with _allow_namespace():
+        with _allowed_globals():
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         return sorted(set(found) - allowed)
     except Exception:  # legacy (non-zip) format or torch < 2.5: fall back to torch's error message
         return sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))) - allowed)
+
+
+def require_checkpoint_file(path, what=None):
+    """Fail unless `path` is an existing file; `what` names the option it came from (e.g. '--resume')."""
+    path = os.fspath(path)
+    label = f"{what} file '{path}'" if what else f"checkpoint file '{path}'"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"The {label} does not exist; check the path.")
+    if os.path.isdir(path):
+        raise CheckpointError(f"The {label} is a directory; pass the checkpoint file (.pth) inside it.")
+    return label
 
 
 def load_checkpoint_file(path, map_location="cpu", what=None):
@@ -87,17 +96,13 @@ def load_checkpoint_file(path, map_location="cpu", what=None):
     Raises FileNotFoundError for a missing path and `CheckpointError` for files holding other pickled
     objects (refused: unpickling them could run code) or truncated / corrupt files.
     """
+    label = require_checkpoint_file(path, what)
     path = os.fspath(path)
-    label = f"{what} file '{path}'" if what else f"checkpoint file '{path}'"
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"The {label} does not exist; check the path.")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"The {label} is a directory; pass the checkpoint file (.pth) inside it.")
     try:
-        with _allow_namespace():
+        with _allowed_globals():
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
-        raise PermissionError(f"The {label} is not readable; check its permissions.") from None
+        raise CheckpointError(f"The {label} is not readable; check its permissions.") from None
     except pickle.UnpicklingError as err:
         unsafe = _unsafe_globals(path, err)
         if unsafe:
@@ -118,7 +123,8 @@ def load_checkpoint_file(path, map_location="cpu", what=None):
     return checkpoint
 
 
-def _strip_prefixes(state_dict, prefixes=WRAPPER_PREFIXES):
+def strip_prefixes(state_dict, prefixes=WRAPPER_PREFIXES):
+    """A copy of `state_dict` with the wrapper `prefixes` (e.g. DDP's `module.`) removed from every key."""
     stripped = OrderedDict()
     for key, value in state_dict.items():
         changed = True
@@ -131,7 +137,8 @@ def _strip_prefixes(state_dict, prefixes=WRAPPER_PREFIXES):
     return stripped
 
 
-def _unwrap_model(model):
+def unwrap_model(model):
+    """The module inside DDP / DataParallel / torch.compile wrappers."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
@@ -279,7 +286,7 @@ def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True
     else:
         raise TypeError("load_lavt_checkpoint: expected a path or a checkpoint dict, got "
                         f"{type(checkpoint_or_path).__name__}")
-    model = _unwrap_model(model)
+    model = unwrap_model(model)
     model_sd, bert_sd = _split_lavt_checkpoint(checkpoint, label)
     expected = model.state_dict()
     model_sd = _clean_state_dict(model_sd, expected, "text_encoder.")
@@ -297,7 +304,7 @@ def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True
     parts = {"model": _compare(model_sd, expected, ignore_missing=optional)}
 
     if bert_model is not None:
-        bert_model = _unwrap_model(bert_model)
+        bert_model = unwrap_model(bert_model)
         bert_expected = bert_model.state_dict()
         if bert_sd is None:
             parts["bert_model"] = ([f"(the whole 'bert_model' entry, {len(bert_expected)} tensors)"], [], {})
@@ -322,7 +329,7 @@ def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True
 def _clean_state_dict(state_dict, expected, bert_prefix):
     """Strip wrapper prefixes; drop BERT pooler weights and optional BERT buffers the model lacks."""
     optional = {bert_prefix + b for b in OPTIONAL_BERT_BUFFERS}
-    return OrderedDict((k, v) for k, v in _strip_prefixes(state_dict).items()
+    return OrderedDict((k, v) for k, v in strip_prefixes(state_dict).items()
                        if not k.startswith(bert_prefix + "pooler.") and not (k in optional and k not in expected))
 
 
@@ -354,8 +361,9 @@ def _fsync_directory(directory):
 def atomic_torch_save(obj, path):
     """`torch.save(obj, path)` that never leaves a partial file: temp file in the same directory, flush,
     fsync, `os.replace`. On any failure the temp file is removed and an existing `path` is untouched.
-    Refuses (CheckpointError, before replacing) objects that `load_checkpoint_file` would not load."""
+    Refuses (TypeError, before writing) objects that `load_checkpoint_file` would not load."""
     path = os.fspath(path)
+    check_loadable(obj, "checkpoint")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Cannot save '{path}': the directory '{directory}' does not exist; create it "
@@ -372,11 +380,6 @@ def atomic_torch_save(obj, path):
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        unsafe = _unsafe_globals(tmp_path, "")
-        if unsafe:
-            raise CheckpointError(f"Not saving '{path}': it would contain pickled {', '.join(unsafe)} object(s), "
-                                  "which weights-only loading refuses; store tensors, numbers, strings and "
-                                  "plain containers instead.")
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except BaseException as err:
@@ -392,33 +395,30 @@ def model_state_dict(model):
     """State dict of a model (DDP / DataParallel / torch.compile wrappers removed) or of a state dict,
     without `module.` / `_orig_mod.` prefixes."""
     if isinstance(model, Mapping):
-        return _strip_prefixes(model)
-    return _strip_prefixes(_unwrap_model(model).state_dict())
+        return strip_prefixes(model)
+    return strip_prefixes(unwrap_model(model).state_dict())
 
 
-# Exact types: subclasses such as numpy.float64 (a float) pickle as other globals and would be refused.
-_PLAIN_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size)
-
-
-def _check_weights_only_loadable(obj, where):
-    """Raise TypeError naming the first entry `torch.load(weights_only=True)` would refuse."""
-    if type(obj) in _PLAIN_TYPES or isinstance(obj, torch.Tensor):
+def check_loadable(obj, where):
+    """Raise TypeError naming the first part of `obj` that `load_checkpoint_file` would refuse
+    (anything but tensors, `PLAIN_VALUE_TYPES` and `CONTAINER_TYPES` of them)."""
+    if type(obj) in PLAIN_VALUE_TYPES or isinstance(obj, torch.Tensor):
         return
-    if type(obj) in (dict, OrderedDict):
-        for key, value in obj.items():
-            _check_weights_only_loadable(key, f"{where} key {key!r}")
-            _check_weights_only_loadable(value, f"{where}[{key!r}]")
-    elif type(obj) in (list, tuple, set):
-        for index, value in enumerate(obj):
-            _check_weights_only_loadable(value, f"{where}[{index}]")
-    elif type(obj) is argparse.Namespace:
-        for key, value in vars(obj).items():
-            _check_weights_only_loadable(value, f"{where}.{key}")
-    else:
+    if type(obj) not in CONTAINER_TYPES:
         hint = " (convert numpy values with torch.from_numpy / float() / .tolist())" \
             if type(obj).__module__.startswith("numpy") else ""
-        raise TypeError(f"save_checkpoint: {where} is a {type(obj).__module__}.{type(obj).__qualname__}, which "
-                        f"weights-only loading refuses; store tensors, numbers, strings or plain containers{hint}.")
+        raise TypeError(f"Not saving a checkpoint: {where} is a {type(obj).__module__}.{type(obj).__qualname__}, "
+                        f"which weights-only loading refuses; store tensors, numbers, strings or plain "
+                        f"containers{hint}.")
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            check_loadable(key, f"{where} key {key!r}")
+            check_loadable(value, f"{where}[{key!r}]")
+    else:
+        for index, value in enumerate(obj):
+            check_loadable(value, f"{where}[{index}]")
 
 
 def _state(obj):
@@ -451,146 +451,4 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=None, args=None, lr_sc
     if lr_scheduler is not None:
         checkpoint["lr_scheduler"] = _state(lr_scheduler)
     checkpoint.update(extra)
-    for name, value in checkpoint.items():
-        _check_weights_only_loadable(value, f"entry {name!r}")
     atomic_torch_save(checkpoint, path)
-
-
-# --------------------------------------------------------------------------------- pretrained Swin weights
-def is_timm_swin_state_dict(state_dict):
-    """True for timm >= 0.9 Swin layouts: patch merging at the start of stages 1-3, classifier `head.fc`."""
-    stages_with_merging = {int(m[1]) for m in (re.match(r"layers\.(\d+)\.downsample\.", k) for k in state_dict) if m}
-    if "head.fc.weight" in state_dict or "head.fc.bias" in state_dict:
-        return True
-    return bool(stages_with_merging) and 0 not in stages_with_merging
-
-
-def checkpoint_filter_fn(state_dict):
-    """Convert a timm (>= 0.9) Swin state dict to the official Swin / LAVT backbone layout.
-
-    timm's `layers.{i}.downsample` (start of stage i, i >= 1) is the official `layers.{i-1}.downsample`
-    (end of stage i-1); the sub-patch order of merging is the same (see the module docstring), so
-    weights are copied unchanged. The classifier `head.*` and the non-persistent buffers
-    `relative_position_index` / `attn_mask` are dropped.
-    """
-    converted = OrderedDict()
-    for key, value in state_dict.items():
-        if key.startswith("head.") or key.endswith(("relative_position_index", "attn_mask")):
-            continue
-        match = re.match(r"layers\.(\d+)\.downsample\.(.+)$", key)
-        if match:
-            if int(match[1]) == 0:
-                raise CheckpointError(f"checkpoint_filter_fn: '{key}' has patch merging in stage 0, which timm's "
-                                      "layout never has; is this an official-layout checkpoint?")
-            key = f"layers.{int(match[1]) - 1}.downsample.{match[2]}"
-        converted[key] = value
-    return converted
-
-
-def resize_relative_position_bias_table(table, size):
-    """Resize a ((2w-1)^2, heads) table to (size^2, heads) bicubically as a (heads, 2w-1, 2w-1) image."""
-    length, heads = table.shape
-    side = math.isqrt(length)
-    if side * side != length:
-        raise ValueError(f"resize_relative_position_bias_table: length {length} is not a square")
-    image = table.t().reshape(1, heads, side, side).float()
-    image = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False)
-    return image.reshape(heads, size * size).t().contiguous().to(table.dtype)
-
-
-def _read_swin_weights(path_or_state_dict):
-    if not isinstance(path_or_state_dict, (str, os.PathLike)):
-        return path_or_state_dict, "state dict (in memory)"
-    path = os.fspath(path_or_state_dict)
-    if path.endswith(".safetensors"):  # timm / Hugging Face hub files; safetensors cannot hold code
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"The pretrained Swin weights file '{path}' does not exist; check the path.")
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu"), f"'{path}'"
-    return load_checkpoint_file(path, what="pretrained Swin weights"), f"'{path}'"
-
-
-def load_pretrained_swin(backbone, path_or_state_dict):
-    """Load Swin classification weights non-strictly into the LAVT backbone; returns a report dict.
-
-    Accepts a path (.pth/.pt via `load_checkpoint_file`, or .safetensors) or a dict: official
-    ({'model': ...}), 'state_dict'-wrapped, bare, or timm-layout (converted by `checkpoint_filter_fn`);
-    `module.` / `backbone.` prefixes are stripped. The classifier `head.*` and final `norm.*` are not
-    used, `attn_mask` / `relative_position_index` buffers are dropped (ours are computed for our
-    window), and relative position tables of another window are resized bicubically.
-    Report keys: 'source', 'format', 'loaded', 'resized' {key: (old, new shape)}, 'skipped_unexpected',
-    'skipped_shape' {key: (file shape, model shape)}, 'dropped_buffers', 'missing' (backbone tensors
-    that keep their initialisation, e.g. fusion, gates, norm0-3). Use `format_load_report` to print it.
-    """
-    state_dict, source = _read_swin_weights(path_or_state_dict)
-    for entry in ("model", "state_dict", "module"):
-        if isinstance(state_dict.get(entry), Mapping):
-            state_dict = state_dict[entry]
-            break
-    state_dict = _strip_prefixes(state_dict, WRAPPER_PREFIXES + ("backbone.",))
-    file_format = "timm" if is_timm_swin_state_dict(state_dict) else "official"
-    timm_dropped = []
-    if file_format == "timm":
-        converted = checkpoint_filter_fn(state_dict)
-        timm_dropped = [k for k in state_dict if k.startswith("head.")]
-        state_dict = converted
-
-    backbone = _unwrap_model(backbone)
-    expected = backbone.state_dict()
-    report = {"source": source, "format": file_format, "loaded": [], "resized": {}, "skipped_unexpected": [],
-              "skipped_shape": {}, "dropped_buffers": [], "missing": []}
-    report["skipped_unexpected"] += timm_dropped
-    to_load = {}
-    for key, value in state_dict.items():
-        if key.endswith(("relative_position_index", "attn_mask")):
-            report["dropped_buffers"].append(key)
-        elif key.startswith(("head.", "norm.")) or key not in expected:
-            report["skipped_unexpected"].append(key)
-        elif value.shape == expected[key].shape:
-            to_load[key] = value
-        elif key.endswith("relative_position_bias_table") and value.shape[1] == expected[key].shape[1] \
-                and math.isqrt(value.shape[0]) ** 2 == value.shape[0]:
-            to_load[key] = resize_relative_position_bias_table(value, math.isqrt(expected[key].shape[0]))
-            report["resized"][key] = (tuple(value.shape), tuple(expected[key].shape))
-        else:
-            report["skipped_shape"][key] = (tuple(value.shape), tuple(expected[key].shape))
-    if not to_load:
-        raise CheckpointError(f"No tensor of the Swin weights {source} matches the backbone (first keys: "
-                              f"{list(state_dict)[:5]}); is it a Swin classification checkpoint?")
-    result = backbone.load_state_dict(to_load, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys  # filtered above
-    report["loaded"] = list(to_load)
-    report["missing"] = [k for k in expected if k not in to_load and not k.endswith("relative_position_index")]
-    return report
-
-
-def _group_keys(keys, depth=None):
-    """'layers.0.fusion.a', 'layers.1.fusion.b' -> ['layers.*.fusion.* (2)'] (depth 3): a short summary."""
-    groups = OrderedDict()
-    for key in keys:
-        pattern = re.sub(r"^norm\d+", "norm*", re.sub(r"(?<=layers\.)\d+|(?<=blocks\.)\d+", "*", key))
-        if depth is not None and pattern.count(".") >= depth:
-            pattern = ".".join(pattern.split(".")[:depth]) + ".*"
-        groups[pattern] = groups.get(pattern, 0) + 1
-    return [f"{p} ({n})" if n > 1 else p for p, n in groups.items()]
-
-
-def format_load_report(report):
-    """Human-readable summary of a `load_pretrained_swin` report (a few lines)."""
-    lines = [f"Pretrained Swin weights from {report['source']} ({report['format']} layout): "
-             f"loaded {len(report['loaded'])} tensors"]
-    if report["resized"]:
-        (old, new), count = next(iter(report["resized"].values())), len(report["resized"])
-        lines.append(f"  resized {count} relative position table(s) bicubically, e.g. {old} -> {new}")
-    for name, keys in (("skipped, not in the backbone", report["skipped_unexpected"]),
-                       ("skipped, shape differs (file vs model)",
-                        [f"{k} {file} vs {ours}" for k, (file, ours) in report["skipped_shape"].items()]),
-                       ("dropped buffers (recomputed)", report["dropped_buffers"]),
-                       ("kept their initialisation (not in the file)", report["missing"])):
-        if keys:
-            groups = keys if "shape" in name else _group_keys(keys, depth=3 if "initialisation" in name else None)
-            more = f", ... {len(groups) - LIST_LIMIT} more" if len(groups) > LIST_LIMIT else ""
-            shown = ", ".join(groups[:LIST_LIMIT]) + more
-            lines.append(f"  {name}: {len(keys)}: {shown}")
-    return "\n".join(lines)

@@ -148,6 +148,17 @@ def mean_iou_by_expression_type(dataset, prediction_dir, scenes_path):
     return {kind: {"num_samples": len(v), "mean_iou": sum(v) / len(v)} for kind, v in sorted(ious.items())}
 
 
+def evaluate_split(model, dataset, device, amp_dtype, prediction_dir=""):
+    import engine
+    import metrics
+    from data.evaluation import build_eval_loader
+
+    writer = metrics.PredictionWriter(prediction_dir, dataset) if prediction_dir else None
+    records = engine.evaluate(model, build_eval_loader(dataset), device, amp_dtype=amp_dtype,
+                              prediction_writer=writer, print_freq=10**9)
+    return metrics.summarize(records)
+
+
 def markdown_table(results):
     header = "| split | samples | mean IoU | overall IoU | P@0.5 | P@0.7 | P@0.9 |\n|---|---|---|---|---|---|---|\n"
     lines = []
@@ -187,26 +198,25 @@ def main():
     t = time.time()
     import torch
 
-    import engine
-    from args import get_parser
+    import cli
+    from args import get_test_parser
     from data.dataset_refer_bert import ReferDataset
+    from lib.referring_model import load_model
     from transforms import get_transform
 
     checkpoint = os.path.join(out, "model_best_quickstart.pth")
-    args = get_parser().parse_args([*common_flags(opts, data_root), "--resume", checkpoint])
+    args = get_test_parser().parse_args([*common_flags(opts, data_root), "--resume", checkpoint])
     device = torch.device("cpu")
-    model, text_encoder = engine.load_trained_model(args, device)
-    amp_dtype = engine.amp_dtype_for(opts.amp, device)
+    model = load_model(args, device)
+    amp_dtype = cli.amp_dtype_for(opts.amp, device)
     results, datasets = {}, {}
     for split in SPLITS:
         datasets[split] = ReferDataset(args, image_transforms=get_transform(opts.img_size), split=split, eval_mode=True)
-        results[split] = engine.evaluate(model, text_encoder, datasets[split], device, amp_dtype=amp_dtype,
-                                         prediction_dir=os.path.join(out, "predictions", split) if split == "val" else "",
-                                         print_freq=10**9)
+        prediction_dir = os.path.join(out, "predictions", split) if split == "val" else ""
+        results[split] = evaluate_split(model, datasets[split], device, amp_dtype, prediction_dir)
         print(f"{split}: mean IoU {100 * results[split]['mean_iou']:.2f}, overall IoU {100 * results[split]['overall_iou']:.2f}")
     swapped = swapped_expressions(datasets["val"])
-    results["val, swapped expressions"] = engine.evaluate(model, text_encoder, swapped, device, amp_dtype=amp_dtype,
-                                                          print_freq=10**9)
+    results["val, swapped expressions"] = evaluate_split(model, swapped, device, amp_dtype)
     by_type = mean_iou_by_expression_type(datasets["val"], os.path.join(out, "predictions", "val"),
                                           os.path.join(data_root, "synref", "synthetic_scenes.json"))
     timings["evaluate_s"] = time.time() - t
