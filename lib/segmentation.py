@@ -108,7 +108,7 @@ def _backbone_options(pretrained, args):
 
 def _load_swin(model, pretrained):
     if pretrained:
-        from .checkpoint import format_load_report, load_pretrained_swin
+        from .swin_weights import format_load_report, load_pretrained_swin
 
         print(format_load_report(load_pretrained_swin(model.backbone, pretrained)))
     return model

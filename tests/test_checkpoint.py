@@ -4,6 +4,7 @@ pretrained Swin weights in the official and timm layouts (checked numerically ag
 import argparse
 import os
 import re
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -13,16 +14,19 @@ from transformers import BertConfig, BertModel
 from lib.backbone import shifted_window_mask
 from lib.checkpoint import (
     CheckpointError,
-    checkpoint_filter_fn,
-    format_load_report,
-    is_timm_swin_state_dict,
+    atomic_torch_save,
     load_checkpoint_file,
     load_lavt_checkpoint,
-    load_pretrained_swin,
-    resize_relative_position_bias_table,
     save_checkpoint,
 )
 from lib.segmentation import build_lavt
+from lib.swin_weights import (
+    format_load_report,
+    is_timm_swin_state_dict,
+    load_pretrained_swin,
+    resize_relative_position_bias_table,
+    timm_to_official_swin,
+)
 
 TINY = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
 
@@ -151,6 +155,26 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     with pytest.raises(TypeError, match="best.*numpy.float64"):  # a float subclass, still refused on load
         save_checkpoint(tmp_path / "out.pth", model=tiny_lavt(), best=np.float64(0.5))
     assert sorted(os.listdir(tmp_path)) == ["evil.pth"]
+
+
+def test_saving_and_loading_allow_the_same_types(tmp_path):
+    """One definition of what a checkpoint may hold: all of it round-trips, the rest is refused both ways."""
+    allowed = {"str": "a", "bytes": b"b", "bytearray": bytearray(b"c"), "int": 3, "float": 0.5, "complex": 1j,
+               "bool": True, "none": None, "dtype": torch.bfloat16, "device": torch.device("cpu"),
+               "size": torch.Size([2, 3]), "ordered": OrderedDict(a=torch.ones(2)), "list": [1, [2.0]],
+               "tuple": (1, "x"), "set": {4, 5}, "args": argparse.Namespace(lr=1e-4, sizes=[480])}
+    atomic_torch_save(allowed, tmp_path / "ok.pth")
+    loaded = load_checkpoint_file(tmp_path / "ok.pth")
+    assert loaded.keys() == allowed.keys() and torch.equal(loaded["ordered"]["a"], allowed["ordered"]["a"])
+    assert all(loaded[k] == v for k, v in allowed.items() if k != "ordered")
+
+    refused = {"values": [1, frozenset({2})]}  # a container type outside the definition
+    with pytest.raises(TypeError, match=re.escape("checkpoint['values'][1] is a builtins.frozenset")):
+        atomic_torch_save(refused, tmp_path / "refused.pth")
+    assert not (tmp_path / "refused.pth").exists()
+    torch.save(refused, tmp_path / "foreign.pth")  # written by someone else: the loader refuses it too
+    with pytest.raises(CheckpointError, match="frozenset"):
+        load_checkpoint_file(tmp_path / "foreign.pth")
 
 
 def test_truncated_corrupt_and_missing_files(tmp_path):
@@ -331,8 +355,8 @@ def timm_swin():
 
 def test_timm_key_mapping():
     state = timm_swin().state_dict()
-    assert is_timm_swin_state_dict(state) and not is_timm_swin_state_dict(checkpoint_filter_fn(state))
-    mapped = checkpoint_filter_fn(state)
+    assert is_timm_swin_state_dict(state) and not is_timm_swin_state_dict(timm_to_official_swin(state))
+    mapped = timm_to_official_swin(state)
     for i in range(3):
         for suffix in ("norm.weight", "norm.bias", "reduction.weight"):
             assert mapped[f"layers.{i}.downsample.{suffix}"] is state[f"layers.{i + 1}.downsample.{suffix}"]
