@@ -10,7 +10,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils import data
 
 from bert import load_tokenizer
-from refer import DATA_SETUP_HINT, REFER, object_mask
+from errors import UserInputError
+from refer import DATA_SETUP_HINT, GREFER, REFER, grefs_path, object_mask
 
 __all__ = ["ReferDataset", "load_rgb_image", "tokenize_expressions"]
 
@@ -39,7 +40,7 @@ def load_rgb_image(path: str, what: str = "") -> Image.Image:
                 image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise OSError(
+        raise UserInputError(
             f"Image '{path}'{suffix} cannot be decoded: corrupt or not an image ({type(err).__name__}: {err})."
         ) from err
 
@@ -81,6 +82,11 @@ class ReferDataset(data.Dataset):
     expression becomes [CLS][SEP] (the model sees no words) and is reported once, at
     construction, in a warning naming its ref id and sentence id.
 
+    Generalized sets (gRefCOCO layout, see refer/grefer.py): used when `--dataset grefcoco` or when
+    `<refer_data_root>/<dataset>/grefs(<splitBy>).json` (or `.p`) exists. Items have the same
+    format; the target is the union of the referred objects (all zeros for a no-target expression)
+    and `no_target[i]` says whether object `i` refers to nothing (always False for REFER sets).
+
     Masks: the target is 1 where `REFER.getMask`'s summed mask equals 1, as in the released code,
     so pixels where two polygons of the object overlap are background; `mask_union=True` makes
     them object (the corrected target; it changes training and evaluation targets).
@@ -89,11 +95,11 @@ class ReferDataset(data.Dataset):
 
     Errors: a split with no refs -> ValueError naming dataset/splitBy/split; a ref without
     sentences -> ValueError naming it; a missing image -> FileNotFoundError naming the path and
-    the ref id; an undecodable image -> OSError naming the file.
+    the ref id; an undecodable image -> UserInputError naming the file.
 
     For evaluation and analysis code: `ref_ids`, `sentences` (raw strings per ref), `input_ids`
-    and `attention_masks` (per ref, a list of (1, 20) int64 tensors), `refer`,
-    `original_target(i)` (full-resolution uint8 mask) and `image_info(i)` (the image record).
+    and `attention_masks` (per ref, a list of (1, 20) int64 tensors), `refer`, `no_target`
+    (per ref, bool), `original_target(i)` (full-resolution uint8 mask) and `image_info(i)`.
     """
 
     max_tokens = 20
@@ -108,18 +114,22 @@ class ReferDataset(data.Dataset):
         self.split = split
         self.eval_mode = eval_mode
         self.mask_union = mask_union
-        self.refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
+        self.generalized = args.dataset == "grefcoco" or grefs_path(args.refer_data_root, args.dataset,
+                                                                     args.splitBy) is not None
+        index_class = GREFER if self.generalized else REFER
+        self.refer = index_class(args.refer_data_root, args.dataset, args.splitBy)
         self.ref_ids = self.refer.getRefIds(split=split)
         if not self.ref_ids:
-            raise ValueError(
+            raise UserInputError(
                 f"Split '{split}' of dataset '{args.dataset}' (splitBy '{args.splitBy}') has no refs in "
                 f"'{self.refer.DATA_DIR}'. Check the split name and the refs file."
             )
         refs = self.refer.loadRefs(self.ref_ids)
         for ref in refs:
             if not ref["sentences"]:
-                raise ValueError(f"Ref {ref['ref_id']} of {args.dataset} ({args.splitBy}) has no sentences.")
+                raise UserInputError(f"Ref {ref['ref_id']} of {args.dataset} ({args.splitBy}) has no sentences.")
         self.sentences = [[sent["raw"] for sent in ref["sentences"]] for ref in refs]
+        self.no_target = [self.generalized and self.refer.is_no_target(ref) for ref in refs]
         self._warn_empty_sentences(refs)
         self.input_ids, self.attention_masks = self._tokenize(load_tokenizer(args.bert_tokenizer))
         self._warned_empty_masks: set = set()
@@ -159,7 +169,7 @@ class ReferDataset(data.Dataset):
         """The full-resolution object mask, uint8 (H, W), 1 on the object."""
         ref_id = self.ref_ids[index]
         mask = object_mask(self.refer.getMask(self.refer.Refs[ref_id])["mask"], union=self.mask_union)
-        if not mask.any() and ref_id not in self._warned_empty_masks:
+        if not mask.any() and not self.no_target[index] and ref_id not in self._warned_empty_masks:
             self._warned_empty_masks.add(ref_id)
             warnings.warn(f"Ref {ref_id} has an empty mask (area 0); its target is all zeros.", stacklevel=2)
         return mask

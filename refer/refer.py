@@ -34,6 +34,8 @@ from numbers import Integral
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from errors import UserInputError
+
 from .safe_pickle import load_refs_pickle
 
 __all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "object_mask"]
@@ -71,6 +73,20 @@ def _as_list(value) -> list:
     return [value]
 
 
+def load_instances(path: str, hint: str) -> dict:
+    """A COCO-style instances.json (an object with lists images / annotations / categories)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            instances = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"'{path}' is not valid JSON ({err}). {hint}") from err
+    if not isinstance(instances, dict) or not all(
+            isinstance(instances.get(key, []), list) for key in ("images", "annotations", "categories")):
+        raise UserInputError(f"'{path}' is not a COCO-style instances file: expected an object with "
+                         f"lists 'images', 'annotations' and 'categories'. {hint}")
+    return instances
+
+
 def _require_file(path: str, what: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: '{path}'. {DATA_SETUP_HINT}")
@@ -101,16 +117,8 @@ class REFER:
         _require_file(instances_path, f"COCO instances file for {dataset}")
         refs = load_refs_pickle(refs_path)
         if not isinstance(refs, list):
-            raise ValueError(f"'{refs_path}' holds a {type(refs).__name__}, expected a list of refs. {DATA_SETUP_HINT}")
-        try:
-            with open(instances_path, encoding="utf-8") as handle:
-                instances = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"'{instances_path}' is not valid JSON ({err}). {DATA_SETUP_HINT}") from err
-        if not isinstance(instances, dict) or not all(
-                isinstance(instances.get(key, []), list) for key in ("images", "annotations", "categories")):
-            raise ValueError(f"'{instances_path}' is not a COCO-style instances file: expected an object with "
-                             f"lists 'images', 'annotations' and 'categories'. {DATA_SETUP_HINT}")
+            raise UserInputError(f"'{refs_path}' holds a {type(refs).__name__}, expected a list of refs. {DATA_SETUP_HINT}")
+        instances = load_instances(instances_path, DATA_SETUP_HINT)
         self.data = {
             "dataset": dataset,
             "refs": refs,
@@ -123,7 +131,7 @@ class REFER:
     def _check_dataset_and_split_by(self, dataset: str, split_by: str) -> None:
         if dataset in KNOWN_SPLITBY:
             if split_by not in KNOWN_SPLITBY[dataset]:
-                raise ValueError(
+                raise UserInputError(
                     f"splitBy '{split_by}' is not valid for dataset '{dataset}'; choose one of "
                     f"{', '.join(KNOWN_SPLITBY[dataset])}."
                 )
@@ -133,7 +141,7 @@ class REFER:
                 name for name in os.listdir(self.ROOT_DIR)
                 if glob.glob(os.path.join(glob.escape(os.path.join(self.ROOT_DIR, name)), "refs(*).p"))
             )
-            raise ValueError(
+            raise UserInputError(
                 f"Unknown dataset '{dataset}': it is not one of {', '.join(KNOWN_SPLITBY)} and "
                 f"'{self.DATA_DIR}' does not exist (dataset folders found under {self.ROOT_DIR}: "
                 f"{', '.join(found) or 'none'}). {DATA_SETUP_HINT}"
@@ -141,13 +149,17 @@ class REFER:
         pattern = os.path.join(glob.escape(self.DATA_DIR), "refs(*).p")
         available = sorted(re.fullmatch(r"refs\((.*)\)\.p", os.path.basename(p)).group(1) for p in glob.glob(pattern))
         if available and split_by not in available:
-            raise ValueError(
+            raise UserInputError(
                 f"splitBy '{split_by}' is not valid for dataset '{dataset}': there is no "
                 f"'{os.path.join(self.DATA_DIR, f'refs({split_by}).p')}'; choose one of {', '.join(available)}."
             )
 
     def _create_index(self, refs_path: str, instances_path: str) -> None:
         """Build every lookup table in one pass over annotations, images, categories and refs."""
+        self._index_instances(instances_path)
+        self._index_refs(refs_path, instances_path)
+
+    def _index_instances(self, instances_path: str) -> None:
         self.Anns, self.Imgs, self.Cats = {}, {}, {}
         self.imgToAnns = defaultdict(list)
         try:
@@ -159,11 +171,13 @@ class REFER:
             for cat in self.data["categories"]:
                 self.Cats[cat["id"]] = cat["name"]  # the original maps id -> name
         except (KeyError, TypeError) as err:
-            raise ValueError(
+            raise UserInputError(
                 f"Malformed entry in '{instances_path}' (missing or wrong field: {err}); annotations need id and "
                 f"image_id, images need id, categories need id and name. {DATA_SETUP_HINT}"
             ) from err
+        self.imgToAnns = dict(self.imgToAnns)
 
+    def _index_refs(self, refs_path: str, instances_path: str) -> None:
         self.Refs, self.Sents = {}, {}
         self.imgToRefs, self.catToRefs = defaultdict(list), defaultdict(list)
         self.refToAnn, self.annToRef = {}, {}
@@ -185,21 +199,21 @@ class REFER:
             except (KeyError, TypeError) as err:
                 ref_name = ref.get("ref_id", "?") if isinstance(ref, dict) else repr(ref)[:60]
                 if isinstance(err, KeyError) and isinstance(ref, dict) and "ann_id" in ref and ref["ann_id"] not in self.Anns:
-                    raise ValueError(
+                    raise UserInputError(
                         f"Ref {ref_name} in '{refs_path}' points to annotation {ref['ann_id']}, which is not "
                         f"in '{instances_path}'. The two files must come from the same dataset. {DATA_SETUP_HINT}"
                     ) from err
-                raise ValueError(
+                raise UserInputError(
                     f"Malformed ref {ref_name} in '{refs_path}' (missing or wrong field: {err}); every ref needs "
                     "ref_id, ann_id, image_id, category_id, split and sentences[{sent_id, raw, ...}]."
                 ) from err
         # Plain dicts from here on, so that a missing key is an error rather than a new empty entry.
-        self.imgToAnns, self.imgToRefs, self.catToRefs = dict(self.imgToAnns), dict(self.imgToRefs), dict(self.catToRefs)
+        self.imgToRefs, self.catToRefs = dict(self.imgToRefs), dict(self.catToRefs)
 
     # ---- ids ------------------------------------------------------------------------------
     def getRefIds(self, image_ids=[], cat_ids=[], ref_ids=[], split=""):  # noqa: B006 -- original API
         if split and split not in _SPLITS:
-            raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(_SPLITS)}.")
+            raise UserInputError(f"Unknown split '{split}'; choose one of {', '.join(_SPLITS)}.")
         image_ids, cat_ids, ref_ids = _as_list(image_ids), _as_list(cat_ids), _as_list(ref_ids)
         if image_ids:
             refs = [ref for image_id in image_ids for ref in self.imgToRefs.get(image_id, [])]
@@ -273,7 +287,7 @@ class REFER:
         where = f"annotation {ann.get('id')} of '{self.DATA_DIR}/instances.json'"
         segmentation = ann.get("segmentation") or []
         if not isinstance(segmentation, (dict, list)):
-            raise ValueError(f"The segmentation of {where} must be a list of polygons or an RLE dict.")
+            raise UserInputError(f"The segmentation of {where} must be a list of polygons or an RLE dict.")
         parts = [segmentation] if isinstance(segmentation, dict) else segmentation
         polygons, rles = [], []
         for part in parts:
@@ -343,9 +357,9 @@ def _checked_polygon(part, where: str) -> list:
     try:
         polygon = [float(v) for v in part]
     except (TypeError, ValueError) as err:
-        raise ValueError(f"A polygon of {where} is not a list of numbers ({err}).") from err
+        raise UserInputError(f"A polygon of {where} is not a list of numbers ({err}).") from err
     if len(polygon) % 2 or not all(math.isfinite(v) for v in polygon):
-        raise ValueError(f"A polygon of {where} needs an even number of finite coordinates, got "
+        raise UserInputError(f"A polygon of {where} needs an even number of finite coordinates, got "
                          f"{len(polygon)} value(s){'' if all(map(math.isfinite, polygon)) else ' with NaN/inf'}.")
     return polygon
 
@@ -377,9 +391,9 @@ def _checked_rle(part: dict, height: int, width: int, where: str) -> dict:
         size = [int(s) for s in part["size"]]
         counts = part["counts"]
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"An RLE of {where} needs 'size' [height, width] and 'counts' ({err}).") from err
+        raise UserInputError(f"An RLE of {where} needs 'size' [height, width] and 'counts' ({err}).") from err
     if size != [height, width]:
-        raise ValueError(f"{where[0].upper()}{where[1:]} has an RLE of size {size} but its image is {height}x{width}.")
+        raise UserInputError(f"{where[0].upper()}{where[1:]} has an RLE of size {size} but its image is {height}x{width}.")
     try:
         if isinstance(counts, list):
             runs = [int(c) for c in counts]
@@ -387,9 +401,9 @@ def _checked_rle(part: dict, height: int, width: int, where: str) -> dict:
             counts = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
             runs = _compressed_rle_counts(counts)
     except (TypeError, ValueError, UnicodeEncodeError) as err:
-        raise ValueError(f"The RLE counts of {where} cannot be read ({err}).") from err
+        raise UserInputError(f"The RLE counts of {where} cannot be read ({err}).") from err
     if any(r < 0 for r in runs) or sum(runs) != height * width:
-        raise ValueError(f"The RLE of {where} does not cover its {height}x{width} image exactly "
+        raise UserInputError(f"The RLE of {where} does not cover its {height}x{width} image exactly "
                          f"(runs sum to {sum(runs)}, or a run is negative).")
     if isinstance(part["counts"], list):
         return mask_utils.frPyObjects({"size": size, "counts": runs}, height, width)

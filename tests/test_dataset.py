@@ -16,6 +16,7 @@ from PIL import Image
 
 from bert import load_tokenizer
 from data.dataset_refer_bert import ReferDataset, load_rgb_image
+from errors import UserInputError
 from refer import load_refs_pickle
 from transforms import get_transform
 
@@ -249,7 +250,7 @@ def test_undecodable_image_names_file(fixture_copy):
         handle.write(b"this is not a jpeg")
     dataset = ReferDataset(make_args(fixture_copy), split="val", eval_mode=True)
     name = re.escape(IMAGE_FILES[FIRST_VAL["image_id"]])
-    with pytest.raises(OSError, match=rf"{name}.*cannot be decoded: corrupt or not an image"):
+    with pytest.raises(UserInputError, match=rf"{name}.*cannot be decoded: corrupt or not an image"):
         dataset[0]
     index, other = next((i, item) for i, item in enumerate(EXPECTED["val"])
                         if item["image_id"] != FIRST_VAL["image_id"])
@@ -258,7 +259,7 @@ def test_undecodable_image_names_file(fixture_copy):
         data = handle.read()
     with open(truncated, "wb") as handle:
         handle.write(data[: len(data) // 3])
-    with pytest.raises(OSError, match=rf"{re.escape(IMAGE_FILES[other['image_id']])}.*cannot be decoded"):
+    with pytest.raises(UserInputError, match=rf"{re.escape(IMAGE_FILES[other['image_id']])}.*cannot be decoded"):
         dataset[index]
 
 
