@@ -13,32 +13,49 @@ from bert import load_tokenizer
 from errors import UserInputError
 from refer import DATA_SETUP_HINT, GREFER, REFER, grefs_path, object_mask
 
-__all__ = ["ReferDataset", "load_rgb_image", "tokenize_expressions"]
+__all__ = ["ReferDataset", "load_rgb_image", "rgb_image", "eight_bit", "tokenize_expressions"]
 
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def load_rgb_image(path: str, what: str = "") -> Image.Image:
-    """Open an image as 8-bit RGB whatever its PIL mode, with errors that name the file.
+def eight_bit(values: np.ndarray) -> np.ndarray:
+    """Pixel values of any depth as uint8: booleans and floats with a peak <= 1 are scaled by 255, values
+    with a peak above 255 (16-bit) by 1/257 (65535 -> 255); anything else is kept, then rounded and clipped."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    floating = np.issubdtype(values.dtype, np.floating)
+    values = values.astype(np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if floating and peak <= 1.0:
+        values = values * 255.0
+    elif peak > 255:
+        values = values / 257.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """A PIL image of any mode as 8-bit RGB.
 
     8-bit modes (L, LA, P, PA, RGBA, CMYK, YCbCr, ...) go through PIL's `convert('RGB')`, as in
     the released code. PIL would clip 16-bit and float grey images to 255, so those are first
-    scaled to 8 bits: integers above 255 by 1/257 (65535 -> 255), floats in [0, 1] by 255.
+    scaled to 8 bits with `eight_bit`.
     """
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        image = Image.fromarray(eight_bit(np.asarray(image)))
+    return image.convert("RGB")
+
+
+def load_rgb_image(path: str, what: str = "") -> Image.Image:
+    """Open an image file as 8-bit RGB whatever its PIL mode (see `rgb_image`), with errors that name
+    the file (`what` says where the path came from, e.g. a ref id)."""
     suffix = f" ({what})" if what else ""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: '{path}'{suffix}. {DATA_SETUP_HINT}")
     try:
         with Image.open(path) as image:
-            if image.mode in _HIGH_BIT_DEPTH_MODES:
-                values = np.asarray(image, dtype=np.float64)
-                peak = float(values.max()) if values.size else 0.0
-                if image.mode == "F" and peak <= 1.0:
-                    values = values * 255.0
-                elif peak > 255:
-                    values = values / 257.0
-                image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-            return image.convert("RGB")
+            return rgb_image(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UserInputError(
             f"Image '{path}'{suffix} cannot be decoded: corrupt or not an image ({type(err).__name__}: {err})."
@@ -131,6 +148,7 @@ class ReferDataset(data.Dataset):
         self.sentences = [[sent["raw"] for sent in ref["sentences"]] for ref in refs]
         self.no_target = [self.generalized and self.refer.is_no_target(ref) for ref in refs]
         self._warn_empty_sentences(refs)
+        self.tokenizer_name = args.bert_tokenizer
         self.input_ids, self.attention_masks = self._tokenize(load_tokenizer(args.bert_tokenizer))
         self._warned_empty_masks: set = set()
 

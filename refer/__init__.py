@@ -1,5 +1,7 @@
-"""The REFER index of referring-expression datasets (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF)."""
+"""The REFER index of referring-expression datasets (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF) and GREFER (gRefCOCO)."""
+from .grefer import GREFER, grefs_path
 from .refer import DATA_SETUP_HINT, KNOWN_SPLITBY, REFER, object_mask
 from .safe_pickle import UnsafePickleError, load_refs_pickle
 
-__all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "object_mask", "UnsafePickleError", "load_refs_pickle"]
+__all__ = ["REFER", "GREFER", "grefs_path", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "object_mask", "UnsafePickleError",
+           "load_refs_pickle"]
