@@ -72,7 +72,7 @@ def _check_finite(loss, epoch, iteration):
 @torch.no_grad()
 def evaluate(model, data_loader, device, *, amp_dtype=None, prediction_writer=None, print_freq=100,
              log_file=None):
-    """Records `{"index", "sentence_index", "I", "U"}` for every sample of every rank, in dataset order.
+    """Records `{"index", "sentence_index", "I", "U", "pred_pixels"}` for every sample of every rank, in dataset order.
 
     Predictions are compared with each sample's target at the target's size: the logits are
     resized bilinearly when the target is not at the input size (`--eval-protocol original`).
@@ -89,7 +89,8 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, prediction_writer=No
                 logits = F.interpolate(logits[None], size=target.shape[-2:], mode="bilinear", align_corners=True)[0]
             mask = logits.argmax(0)
             inter, union = intersection_union(mask, target.to(device))
-            records.append({"index": index, "sentence_index": j, "I": inter, "U": union})
+            records.append({"index": index, "sentence_index": j, "I": inter, "U": union,
+                            "pred_pixels": int(mask.sum())})
             if prediction_writer is not None:
                 prediction_writer.write_mask(index, j, mask)
     records = [r for shard in utils.all_gather_object(records) for r in shard]
