@@ -102,6 +102,11 @@ def add_training_args(parser):
                        help="stochastic-depth rate of the last Swin block")
     group.add_argument("--checkpoint-activations", action="store_true", dest="checkpoint_activations",
                        help="recompute Swin blocks and fusion in the backward pass: same gradients, less memory")
+    group.add_argument("--negative-prob", default=0.0, type=probability, dest="negative_prob",
+                       help="probability of replacing a training expression by one that refers to nothing in the "
+                            "image, with an empty target (data/expression_augment.py; released: 0)")
+    group.add_argument("--word-mask-prob", default=0.0, type=probability, dest="word_mask_prob",
+                       help="probability of replacing each word of a training expression by [MASK] (released: 0)")
     group.add_argument("--seed", default=0, type=int, help="random seed (data order, sentence draws, dropout)")
     group.add_argument("--model_id", default="lavt", help="name of the run: models/<model_id>/, model_best_<model_id>.pth")
     group.add_argument("--output-dir", default="./checkpoints/", help="where model_best_<model_id>.pth is written")

@@ -24,6 +24,7 @@ from args import get_train_parser
 from bert import resolve_text_model
 from data.dataset_refer_bert import ReferDataset
 from data.evaluation import build_eval_loader
+from data.expression_augment import ExpressionAugmentation
 from errors import UserInputError
 from lib.checkpoint import (
     load_checkpoint_file,
@@ -149,6 +150,8 @@ def main(args):
 
     transform = get_transform(args.img_size)
     train_set = ReferDataset(args, image_transforms=transform, split="train", mask_union=args.mask_union)
+    if args.negative_prob > 0 or args.word_mask_prob > 0:
+        train_set = ExpressionAugmentation(train_set, args.negative_prob, args.word_mask_prob)
     val_set = ReferDataset(args, image_transforms=transform, split="val", eval_mode=True, mask_union=args.mask_union)
     train_loader, train_sampler, loader_generator = build_train_loader(train_set, rank, world_size, args)
     steps_per_epoch = len(train_loader) // args.accum_steps
