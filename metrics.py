@@ -4,6 +4,10 @@ As the released LAVT test.py computes them: every sentence is one sample; I and 
 counts of the argmax mask against the target; IoU = I / U (0 when U = 0); mean IoU averages the
 per-sample IoUs, overall IoU is sum(I) / sum(U), precision@k is the share of samples with
 IoU >= k. Summaries hold fractions; reports print percent.
+
+Generalized sets (gRefCOCO, expressions with no or several targets): `sample_record` adds each
+sample's predicted and true no-target flags, `summarize_generalized` computes ReLA's gIoU, cIoU,
+N-acc, T-acc and Pr@k, `format_generalized_report` prints them.
 """
 import json
 import os
@@ -43,6 +47,97 @@ def format_report(summary):
     for k in PRECISION_THRESHOLDS:
         lines.append("    precision@%s = %.2f" % (k, summary[f"precision@{k}"] * 100))
     lines.append("    overall IoU = %.2f" % (summary["overall_iou"] * 100))
+    return "\n".join(lines)
+
+
+# ---- generalized referring segmentation (gRefCOCO; ReLA's refer_evaluation.py after its 2023 fix) ----
+GENERALIZED_THRESHOLDS = (0.7, 0.8, 0.9)
+
+
+def sample_record(mask, target, no_target_gt=False, no_target_logit=None, no_target_pixels=1):
+    """One sample's record: I, U, pred_pixels, no_target_gt and no_target_pred.
+
+    `mask` and `target` are binary (H, W) tensors of equal shape. The no-target decision is the
+    head's when a `no_target_logit` is given (logit > 0, i.e. probability > 0.5), otherwise
+    "the predicted mask has fewer than `no_target_pixels` pixels" (default 1: it is empty).
+    """
+    inter, union = intersection_union(mask, target)
+    pred_pixels = int(mask.bool().sum())
+    if no_target_logit is not None:
+        no_target_pred = bool(float(no_target_logit) > 0)
+    else:
+        no_target_pred = pred_pixels < no_target_pixels
+    return {"I": inter, "U": union, "pred_pixels": pred_pixels, "no_target_gt": bool(no_target_gt),
+            "no_target_pred": no_target_pred}
+
+
+def generalized_sample(record):
+    """(outcome, I, U, IoU) a record adds to the generalized metrics, by ReLA's table.
+
+    Outcomes use ReLA's names, where "positive" means "no target": TP (no-target sample said to
+    have none: IoU 1, adds 0/0), FN (no-target sample given a target: IoU 0, adds 0/U, and U is
+    the predicted mask since the target is empty), FP (target sample said to have none: I := 0,
+    U still added, IoU 0), TN (target sample segmented: IoU = I/U, 0 when U = 0).
+    """
+    inter, union = record["I"], record["U"]
+    if record["no_target_gt"]:
+        return ("TP", 0, 0, 1.0) if record["no_target_pred"] else ("FN", 0, union, 0.0)
+    if record["no_target_pred"]:
+        return "FP", 0, union, 0.0
+    return "TN", inter, union, inter / union if union else 0.0
+
+
+def _ratio(numerator, denominator):
+    return numerator / denominator if denominator else None
+
+
+def summarize_generalized(records, thresholds=GENERALIZED_THRESHOLDS):
+    """gIoU, cIoU, N-acc, T-acc, Pr@k (fractions) plus the classic metrics on target samples.
+
+    gIoU: mean per-sample IoU over all samples; cIoU: sum I / sum U; N-acc: TP / (TP + FN);
+    T-acc: TN / (TN + FP); "Pr@k": share of TARGET samples whose IoU (0 when said empty) >= k.
+    mean_iou, overall_iou and precision@k are `summarize` on the target samples' own I/U
+    (the mask alone, as the released test.py would score them). A value that would divide by
+    zero is None: N-acc without no-target samples, T-acc / Pr@k / classic without target
+    samples, cIoU when sum U is 0, everything for an empty record list.
+    """
+    outcomes = [generalized_sample(r) for r in records]
+    counts = {name: sum(o[0] == name for o in outcomes) for name in ("TP", "FN", "FP", "TN")}
+    target_ious = [iou for name, _, _, iou in outcomes if name in ("FP", "TN")]
+    summary = {"num_samples": len(records), "num_target_samples": len(target_ious),
+               "num_no_target_samples": counts["TP"] + counts["FN"], **counts,
+               "gIoU": _ratio(sum(o[3] for o in outcomes), len(outcomes)),
+               "cIoU": _ratio(sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)),
+               "N-acc": _ratio(counts["TP"], counts["TP"] + counts["FN"]),
+               "T-acc": _ratio(counts["TN"], counts["TN"] + counts["FP"])}
+    for k in thresholds:
+        summary[f"Pr@{k}"] = _ratio(sum(iou >= k for iou in target_ious), len(target_ious))
+    classic = summarize([r for r in records if not r["no_target_gt"]])
+    del classic["num_samples"]
+    if not target_ious:
+        classic = dict.fromkeys(classic)
+    return {**summary, **classic}
+
+
+def _percent(value):
+    return "n/a" if value is None else "%.2f" % (value * 100)
+
+
+def format_generalized_report(summary, thresholds=GENERALIZED_THRESHOLDS):
+    """The generalized metrics in percent ("n/a" where undefined), then the classic ones on target samples."""
+    lines = [f"Generalized results ({summary['num_samples']} samples: {summary['num_target_samples']} with a "
+             f"target, {summary['num_no_target_samples']} without):",
+             f"    gIoU = {_percent(summary['gIoU'])}",
+             f"    cIoU = {_percent(summary['cIoU'])}",
+             f"    N-acc = {_percent(summary['N-acc'])} (no-target samples said empty: {summary['TP']}, "
+             f"given a mask: {summary['FN']})",
+             f"    T-acc = {_percent(summary['T-acc'])} (target samples segmented: {summary['TN']}, "
+             f"said empty: {summary['FP']})"]
+    lines += [f"    Pr@{k} = {_percent(summary[f'Pr@{k}'])}" for k in thresholds]
+    lines.append("Target samples only (classic metrics of the masks):")
+    lines.append(f"    Mean IoU = {_percent(summary['mean_iou'])}")
+    lines += [f"    precision@{k} = {_percent(summary[f'precision@{k}'])}" for k in PRECISION_THRESHOLDS]
+    lines.append(f"    overall IoU = {_percent(summary['overall_iou'])}")
     return "\n".join(lines)
 
 
