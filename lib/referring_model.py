@@ -1,7 +1,8 @@
 """The one place that builds a LAVT model with its text encoder, runs it and restores it.
 
 `ReferringModel(model, bert_model)` turns (images, token ids, attention masks) into a dict of
-outputs (`"logits"`: (B, 2, H, W)). `model` is the released LAVT module (`checkpoint['model']`);
+outputs (`"logits"`: (B, 2, H, W); `"no_target_logits"`: (B,) when the model has the optional
+no-target head). `model` is the released LAVT module (`checkpoint['model']`);
 `bert_model` is the separate BERT of the `lavt` variant (`checkpoint['bert_model']`), or None for
 `lavt_one`, whose BERT is `model.text_encoder`.
 
@@ -68,11 +69,12 @@ class ReferringModel(nn.Module):
         return torch.stack([self._text_cache[key] for key in keys]).to(input_ids.device)
 
     def forward(self, images, input_ids, attention_mask):
-        """images (B, 3, H, W); input_ids, attention_mask (B, N_l) -> {"logits": (B, 2, H, W)}."""
+        """images (B, 3, H, W); input_ids, attention_mask (B, N_l) -> {"logits": (B, 2, H, W)}, plus
+        "no_target_logits" (B,) when the model has a no-target head (positive: nothing is referred)."""
         if self.bert_model is None:
-            return {"logits": self.model(images, input_ids, l_mask=attention_mask)}
+            return self.model.forward_outputs(images, input_ids, l_mask=attention_mask)
         hidden = self.encode_text(input_ids, attention_mask)
-        return {"logits": self.model(images, hidden.transpose(1, 2), attention_mask.unsqueeze(-1))}
+        return self.model.forward_outputs(images, hidden.transpose(1, 2), attention_mask.unsqueeze(-1))
 
 
 def build_model(args, pretrained=True):

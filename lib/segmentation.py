@@ -2,6 +2,9 @@
 
 - `LAVT`: backbone + decoder; the BERT runs outside (released `lavt`, BERT saved as `bert_model`).
 - `LAVTOne`: the same with the BERT inside as `text_encoder` (released `lavt_one`).
+- `forward_outputs(...)`: the same inputs -> {"logits", and "no_target_logits" (B,) when the model
+  has the optional no-target head (lib/no_target.py, `build_lavt(..., no_target_head=True)`)};
+  `forward` returns the logits only, as released (and as exported to ONNX).
 - `build_lavt(...)`: explicit-argument builder; `lavt(pretrained, args)` / `lavt_one(pretrained, args)`
   read the command-line options of the original code (`swin_type`, `window12`, `mha`, `fusion_drop`,
   `ck_bert`).
@@ -18,6 +21,7 @@ from torch import nn
 from .backbone import MultiModalSwinTransformer
 from .decoder import SimpleDecoding
 from .fusion import language_gate
+from .no_target import NoTargetHead
 
 SWIN_CONFIGS = {
     "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
@@ -30,41 +34,53 @@ SWIN_CONFIGS = {
 
 class LAVT(nn.Module):
     """`model(image, l_feats, l_mask)`: image (B, 3, H, W), l_feats (B, C_t, N_l), l_mask (B, N_l, 1)
-    -> logits (B, 2, H, W)."""
+    -> logits (B, 2, H, W). `no_target_head`: optional, its weights saved as `no_target_head.*`."""
 
-    def __init__(self, backbone, classifier):
+    def __init__(self, backbone, classifier, no_target_head=None):
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
+        self.no_target_head = no_target_head  # None adds no state-dict keys: released checkpoints load strictly
 
     def forward(self, image, l_feats, l_mask):
+        return self.forward_outputs(image, l_feats, l_mask)["logits"]
+
+    def forward_outputs(self, image, l_feats, l_mask):
         x_c1, x_c2, x_c3, x_c4 = self.backbone(image, l_feats, l_mask)
         logits = self.classifier(x_c4, x_c3, x_c2, x_c1)
-        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)
+        outputs = {"logits": F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)}
+        if self.no_target_head is not None:
+            outputs["no_target_logits"] = self.no_target_head(x_c4)
+        return outputs
 
 
 class LAVTOne(LAVT):
     """`model(image, input_ids, l_mask=attention_mask)` with ids and mask (B, N_l) -> logits (B, 2, H, W)."""
 
-    def __init__(self, backbone, classifier, text_encoder):
-        super().__init__(backbone, classifier)
+    def __init__(self, backbone, classifier, text_encoder, no_target_head=None):
+        super().__init__(backbone, classifier, no_target_head)
         self.text_encoder = text_encoder
 
     def forward(self, image, input_ids, l_mask):
+        return self.forward_outputs(image, input_ids, l_mask)["logits"]
+
+    def forward_outputs(self, image, input_ids, l_mask):
         if input_ids.dim() != 2 or l_mask.shape != input_ids.shape:
             raise ValueError(f"LAVTOne: input_ids and l_mask (the attention mask) must both be (B, N_l), got "
                              f"{tuple(input_ids.shape)} and {tuple(l_mask.shape)}")
         l_feats = self.text_encoder(input_ids, attention_mask=l_mask)[0].transpose(1, 2)
-        return super().forward(image, l_feats, l_mask.unsqueeze(-1))
+        return super().forward_outputs(image, l_feats, l_mask.unsqueeze(-1))
 
 
 def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1), fusion_drop=0.0,
-               drop_path_rate=0.3, text_dim=768, text_encoder=None, fusion_layer="pwam", gate_layer=language_gate):
+               drop_path_rate=0.3, text_dim=768, text_encoder=None, fusion_layer="pwam", gate_layer=language_gate,
+               no_target_head=False):
     """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
     (then the text width is its `config.hidden_size`).
 
     `fusion_layer`: a name registered in lib/fusion.py (`pwam`, the released module, by default) or a
     callable following the fusion contract there; `gate_layer(dim)` builds each stage's `res_gate`.
+    `no_target_head`: add the no-target classifier on the top stage (lib/no_target.py; not released).
     """
     if text_encoder is not None:
         text_dim = text_encoder.config.hidden_size
@@ -73,9 +89,10 @@ def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 
                                          drop_path_rate=drop_path_rate, fusion_layer=fusion_layer,
                                          gate_layer=gate_layer)
     classifier = SimpleDecoding(8 * embed_dim, hidden_channels=4 * embed_dim)
+    head = NoTargetHead(8 * embed_dim) if no_target_head else None
     if text_encoder is None:
-        return LAVT(backbone, classifier)
-    return LAVTOne(backbone, classifier, text_encoder)
+        return LAVT(backbone, classifier, head)
+    return LAVTOne(backbone, classifier, text_encoder, head)
 
 
 def parse_fusion_heads(mha, num_stages=4):
@@ -103,7 +120,8 @@ def _backbone_options(pretrained, args):
                 fusion_heads=parse_fusion_heads(getattr(args, "mha", "")),
                 fusion_drop=getattr(args, "fusion_drop", 0.0),
                 drop_path_rate=getattr(args, "drop_path_rate", 0.3),
-                fusion_layer=getattr(args, "fusion", "pwam"))
+                fusion_layer=getattr(args, "fusion", "pwam"),
+                no_target_head=getattr(args, "no_target_head", False))
 
 
 def _load_swin(model, pretrained):

@@ -1,0 +1,115 @@
+"""The optional no-target head: outputs, checkpoints with and without it, and its loss."""
+import argparse
+import math
+
+import pytest
+import torch
+
+from lib.checkpoint import CheckpointError, load_lavt_checkpoint
+from lib.criterion import build_criterion, no_target_loss
+from lib.no_target import NoTargetHead
+from lib.referring_model import build_model
+from lib.segmentation import build_lavt
+
+TINY = dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], text_dim=12)
+
+
+def inputs(batch=2, size=64):
+    torch.manual_seed(1)
+    return torch.randn(batch, 3, size, size), torch.randn(batch, 12, 5), torch.ones(batch, 5, 1, dtype=torch.long)
+
+
+def test_head_pools_average_and_maximum():
+    torch.manual_seed(0)
+    head = NoTargetHead(4, hidden_channels=3)
+    features = torch.randn(2, 4, 3, 5)
+    pooled = torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1)
+    expected = head.mlp(torch.nn.functional.layer_norm(pooled, (8,), head.norm.weight, head.norm.bias)).squeeze(1)
+    torch.testing.assert_close(head(features), expected)
+    moved = features.clone()
+    moved[:, :, 0, 0], moved[:, :, 2, 4] = features[:, :, 2, 4], features[:, :, 0, 0]
+    torch.testing.assert_close(head(moved), head(features))  # where a match is does not matter
+
+
+def test_forward_keeps_returning_logits():
+    torch.manual_seed(0)
+    plain, with_head = build_lavt(**TINY).eval(), build_lavt(**TINY, no_target_head=True).eval()
+    with_head.load_state_dict({**plain.state_dict(), **{k: v for k, v in with_head.state_dict().items()
+                                                        if k.startswith("no_target_head.")}})
+    with torch.no_grad():
+        logits = plain(*inputs())
+        outputs = with_head.forward_outputs(*inputs())
+        assert torch.equal(with_head(*inputs()), outputs["logits"])
+    assert plain.no_target_head is None and set(plain.forward_outputs(*inputs())) == {"logits"}
+    torch.testing.assert_close(outputs["logits"], logits)  # the head does not change the masks
+    assert outputs["no_target_logits"].shape == (2,)
+
+
+def test_head_weights_have_their_own_prefix():
+    plain, with_head = build_lavt(**TINY).state_dict(), build_lavt(**TINY, no_target_head=True).state_dict()
+    extra = set(with_head) - set(plain)
+    assert set(plain) <= set(with_head) and extra and all(k.startswith("no_target_head.") for k in extra)
+
+
+def test_checkpoints_load_strictly_each_into_its_model():
+    torch.manual_seed(0)
+    released = {"model": build_lavt(**TINY).state_dict()}
+    ours = {"model": build_lavt(**TINY, no_target_head=True).state_dict()}
+    load_lavt_checkpoint(build_lavt(**TINY), released)
+    target = build_lavt(**TINY, no_target_head=True)
+    load_lavt_checkpoint(target, ours)
+    assert all(torch.equal(v, ours["model"][k]) for k, v in target.state_dict().items())
+    with pytest.raises(CheckpointError, match="no_target_head"):
+        load_lavt_checkpoint(build_lavt(**TINY, no_target_head=True), released)
+    with pytest.raises(CheckpointError, match="no_target_head"):
+        load_lavt_checkpoint(build_lavt(**TINY), ours)
+
+
+def test_head_gets_gradients():
+    model = build_lavt(**TINY, no_target_head=True).train()
+    outputs = model.forward_outputs(*inputs())
+    targets = torch.zeros(2, 64, 64, dtype=torch.long)
+    targets[0, 10:20, 10:20] = 1
+    build_criterion("ce")(outputs, targets).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.no_target_head.parameters())
+
+
+@pytest.mark.parametrize("variant", ["lavt", "lavt_one"])
+def test_referring_model_outputs(variant):
+    args = argparse.Namespace(model=variant, swin_type="nano", window_size=4, ck_bert="minilm", mha="",
+                              fusion_drop=0.0, pretrained_swin_weights="", no_target_head=True)
+    model = build_model(args, pretrained=False).eval()
+    ids = torch.tensor([[101, 2417, 102, 0], [101, 2300, 2417, 102]])
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 64, 64), ids, (ids != 0).long())
+    assert outputs["logits"].shape == (2, 2, 64, 64) and outputs["no_target_logits"].shape == (2,)
+    model.model.no_target_head = None  # as built without --no-target-head
+    with torch.no_grad():
+        assert set(model(torch.randn(2, 3, 64, 64), ids, (ids != 0).long())) == {"logits"}
+
+
+def bce(logit, label):
+    return -(label * math.log(1 / (1 + math.exp(-logit))) + (1 - label) * math.log(1 - 1 / (1 + math.exp(-logit))))
+
+
+def test_no_target_loss_by_hand():
+    targets = torch.zeros(3, 4, 4, dtype=torch.long)
+    targets[1, 0, 0] = 1  # one object pixel: a target
+    logits = torch.tensor([2.0, -1.0, 0.5])  # empty, target, empty
+    expected = (bce(2.0, 1) + bce(-1.0, 0) + bce(0.5, 1)) / 3
+    assert no_target_loss(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_criterion_adds_weighted_term_only_with_a_head(weight):
+    torch.manual_seed(0)
+    mask_logits = torch.randn(2, 2, 4, 4)
+    targets = torch.zeros(2, 4, 4, dtype=torch.long)
+    targets[0, 1:3, 1:3] = 1
+    head_logits = torch.tensor([0.3, 1.2])
+    criterion = build_criterion("ce+dice", no_target_weight=weight)
+    mask_only = criterion({"logits": mask_logits}, targets)
+    assert mask_only.item() == pytest.approx(build_criterion("ce+dice")({"logits": mask_logits}, targets).item())
+    combined = criterion({"logits": mask_logits, "no_target_logits": head_logits}, targets)
+    expected = mask_only.item() + weight * (bce(0.3, 0) + bce(1.2, 1)) / 2
+    assert combined.item() == pytest.approx(expected, rel=1e-6)
