@@ -93,7 +93,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         synthetic.generate(str(tmp_path / name), num_images=10, img_size=48, seed=seed)
     a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
-    assert a.keys() == b.keys() and len(a) == 10 + 3
+    assert a.keys() == b.keys() and len(a) == 10 + 4  # images, refs, instances, sidecar, counterfactuals
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
     assert a["synref/refs(unc).p"] != c["synref/refs(unc).p"]
     assert a["synref/instances.json"] != c["synref/instances.json"]

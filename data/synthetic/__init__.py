@@ -27,17 +27,19 @@ Modules: `scene` (shapes, colours, painting), `polygons` (exact mask -> polygon 
 `language` (forms -> sentences), `writer` (the REFER-layout set), `examples` (pictures),
 `__main__` (command line).
 """
+from .counterfactual import counterfactual_form
 from .examples import outline_target, write_examples
+from .generalized import absent_shape_form, generate_generalized
 from .language import COLOUR_WORDS, GENERIC_NOUNS, SHAPE_WORDS, SIZE_WORDS, normalize_sentence, realize
 from .polygons import mask_to_polygons
 from .sampling import sample_scene
 from .scene import COLOURS, SHAPES, SIZES, render_scene, shape_polygon
-from .semantics import EXPRESSION_TYPES, evaluate, referent
+from .semantics import EXPRESSION_TYPES, denotation, evaluate, referent
 from .writer import DEFAULT_MIX, SPLITS, generate
 
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "EXPRESSION_TYPES", "SPLITS", "DEFAULT_MIX", "SHAPE_WORDS", "COLOUR_WORDS",
     "SIZE_WORDS", "GENERIC_NOUNS", "generate", "sample_scene", "render_scene", "shape_polygon",
-    "mask_to_polygons", "evaluate", "referent", "realize", "normalize_sentence", "outline_target",
-    "write_examples",
+    "mask_to_polygons", "evaluate", "referent", "denotation", "realize", "normalize_sentence", "outline_target",
+    "write_examples", "counterfactual_form", "absent_shape_form", "generate_generalized",
 ]

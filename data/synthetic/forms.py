@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from .semantics import ATTRIBUTES, RELATIONS, SIDES, WHERES, referent
+from .semantics import ATTRIBUTES, RELATIONS, SIDES, WHERES, denotation, matches, referent
 
 
 def descriptions(obj: dict) -> list:
@@ -70,3 +70,43 @@ def choose_forms(rng, target, objects, img_size, types, mix, count) -> list:
         else:
             available.remove(kind)
     return chosen
+
+
+def plural_forms(objects: list, img_size: int, types=("attribute", "relation")) -> dict:
+    """Multi-target forms, grouped by what they denote: {(i, j, ...): [forms]} (two objects or more).
+
+    Attribute forms: a desc matching several objects ("all red shapes", "both circles").
+    Relation forms: a desc + left/right/above/below of a one-object landmark, kept only when the
+    relation is needed (the desc alone matches more objects) and nothing is unclear. Each form
+    comes with `count` "all" and with its exact number.
+    """
+    count = description_counts(objects)
+    groups: dict[tuple, list] = {}
+
+    def add(form, found):
+        if found is not None and len(found) >= 2:
+            for wanted in ("all", len(found)):
+                groups.setdefault(tuple(found), []).append({**form, "count": wanted})
+
+    shared = {}  # every desc matching two or more objects, once
+    for obj in objects:
+        for desc in descriptions(obj):
+            if count[tuple(sorted(desc.items()))] >= 2:
+                shared.setdefault(tuple(sorted(desc.items())), desc)
+    if "attribute" in types:
+        for desc in shared.values():
+            if desc:
+                add({"type": "attribute", "target": desc}, denotation({"type": "attribute", "target": desc, "count": "all"},
+                                                                      objects, img_size))
+    if "relation" in types:
+        for j, other in enumerate(objects):
+            landmarks = [lm for lm in descriptions(other) if lm and count[tuple(sorted(lm.items()))] == 1]
+            for desc in shared.values() if landmarks else ():
+                others = sum(matches(o, desc) for i, o in enumerate(objects) if i != j)
+                for relation in ("left", "right", "above", "below"):
+                    form = {"type": "relation", "target": desc, "relation": relation, "landmark": landmarks[0]}
+                    found = denotation({**form, "count": "all"}, objects, img_size)
+                    if found is not None and len(found) < others:  # the relation narrows the desc down
+                        for lm in landmarks:
+                            add({**form, "landmark": lm}, found)
+    return groups

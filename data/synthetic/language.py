@@ -37,14 +37,52 @@ class Lexicon:
         return [self.word(table, desc[key]) for key, table in (("size", SIZE_WORDS), ("colour", COLOUR_WORDS))
                 if key in desc]
 
-    def noun_phrase(self, desc: dict, allow_one: bool = True) -> str:
-        """Adjectives + noun, no determiner: 'small purple star', 'red one', 'shape'."""
+    def noun_phrase(self, desc: dict, allow_one: bool = True, plural: bool = False) -> str:
+        """Adjectives + noun, no determiner: 'small purple star', 'red one', 'shape' ('red ones')."""
         adjectives = self.adjectives(desc)
         if "shape" in desc:
             noun = self.word(SHAPE_WORDS, desc["shape"])
         else:
             noun = pick(self.rng, GENERIC_NOUNS + (["one"] if adjectives and allow_one else []))
-        return " ".join([*adjectives, noun])
+        return " ".join([*adjectives, pluralize(noun) if plural else noun])
+
+
+class AlignedLexicon(Lexicon):
+    """Word choices that follow another sentence: replayed from the rng state that phrased the form
+    `original`, a form whose target desc `changed` differs from it in a slot draws what the original
+    drew, so the two sentences differ (mostly) in the changed words: a changed value takes the
+    synonym rank of the value it replaces, an added one its most common word without a draw."""
+
+    def __init__(self, rng, original: dict, changed: dict):
+        super().__init__(rng)
+        self.original, self.changed = original, changed
+        self.source = {changed[k]: original.get(k) for k in changed if original.get(k) != changed[k]}
+        self.ranks = {}
+
+    def word(self, table: dict, value: str) -> str:
+        if value not in self.words:
+            source = self.source.get(value, value)
+            if source is None:
+                self.words[value] = table[value][0]
+            else:
+                if source not in self.ranks:
+                    self.ranks[source] = table[source].index(pick(self.rng, table[source], p_first=0.75))
+                self.words[value] = table[value][min(self.ranks[source], len(table[value]) - 1)]
+        return self.words[value]
+
+    def noun_phrase(self, desc: dict, allow_one: bool = True, plural: bool = False) -> str:
+        if desc is not self.changed or "shape" not in desc or "shape" in self.original:
+            return super().noun_phrase(desc, allow_one, plural)
+        adjectives = self.adjectives(desc)
+        had_adjectives = "size" in self.original or "colour" in self.original
+        pick(self.rng, GENERIC_NOUNS + (["one"] if had_adjectives and allow_one else []))  # the original's noun draw
+        noun = self.word(SHAPE_WORDS, desc["shape"])
+        return " ".join([*adjectives, pluralize(noun) if plural else noun])
+
+
+def pluralize(noun: str) -> str:
+    """'cross' -> 'crosses', 'plus sign' -> 'plus signs', 'rhombus' -> 'rhombuses', 'star' -> 'stars'."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def article(rng, p_the: float = 0.75) -> str:
@@ -81,7 +119,15 @@ RELATION_TEMPLATES = {
 }
 ORDINAL_TEMPLATES = ["the {k} {n} from the {side}", "{k} {n} from the {side}", "the {k} {n} from {side}",
                      "the {k} {n} counting from the {side}"]
-ORDINAL_WORDS = {2: ["second", "2nd"], 3: ["third", "3rd"]}
+ORDINAL_WORDS = {2: ["second", "2nd"], 3: ["third", "3rd"], 4: ["fourth", "4th"]}
+# Plural forms: "both red shapes", "the three circles", "all stars", "the squares left of the red heart".
+QUANTIFIER_TEMPLATES = {2: ["both {ns}", "both of the {ns}", "the {k} {ns}"], "all": ["all {ns}", "all the {ns}", "the {ns}"]}
+NUMBER_TEMPLATES = ["the {k} {ns}", "all {k} {ns}"]  # three or more
+NUMBER_WORDS = {2: ["two", "2"], 3: ["three", "3"], 4: ["four", "4"], 5: ["five", "5"], 6: ["six", "6"]}
+PLURAL_RELATION_WORDS = {
+    "left": ["left of", "to the left of", "on the left of"], "right": ["right of", "to the right of", "on the right of"],
+    "above": ["above", "that are above", "higher up than"], "below": ["below", "under", "beneath", "that are below"],
+}
 
 
 def _realize_singular(rng, lex: Lexicon, form: dict) -> str:
@@ -111,10 +157,29 @@ def _raw_style(rng, text: str) -> str:
     return text
 
 
-def realize(form: dict, rng: np.random.Generator) -> str:
-    """A raw English expression for a semantic form (phrasing drawn from `rng`)."""
-    lex = Lexicon(rng)
+def _realize_plural(rng, lex: Lexicon, form: dict) -> str:
+    count = form["count"]
+    templates = QUANTIFIER_TEMPLATES.get(count, NUMBER_TEMPLATES)
+    text = pick(rng, templates).format(ns=lex.noun_phrase(form["target"], plural=True),
+                                       k=pick(rng, NUMBER_WORDS[count], p_first=0.8) if count != "all" else "")
     if form["type"] == "attribute":
+        return text
+    if form["type"] != "relation" or form["relation"] not in PLURAL_RELATION_WORDS:
+        raise ValueError(f"Unknown plural form {form!r}.")
+    landmark = article(rng, 0.9) + lex.noun_phrase(form["landmark"])
+    return f"{text} {pick(rng, PLURAL_RELATION_WORDS[form['relation']])} {landmark}"
+
+
+def realize(form: dict, rng: np.random.Generator, like: dict | None = None) -> str:
+    """A raw English expression for a semantic form (phrasing drawn from `rng`).
+
+    With `like` (a form differing from `form` in its target desc or one other slot) and `rng` in
+    the state that phrased `like`, the phrasing follows that sentence (see `AlignedLexicon`).
+    """
+    lex = Lexicon(rng) if like is None else AlignedLexicon(rng, like["target"], form["target"])
+    if "count" in form:
+        text = _realize_plural(rng, lex, form)
+    elif form["type"] == "attribute":
         text = _realize_attribute(rng, lex, form["target"])
     else:
         text = _realize_singular(rng, lex, form)

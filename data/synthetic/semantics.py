@@ -8,6 +8,10 @@ when it has every listed value.
     {'type': 'ordinal', 'target': desc, 'rank': k, 'from': side}
     {'type': 'relation', 'target': desc, 'relation': r, 'landmark': desc}   r in RELATIONS
 
+These are singular (definite) forms: "the ...". An attribute or relation form with a `count` key
+is plural: `count` is the exact number of objects it denotes ("both red shapes", "the three
+circles left of the star") or "all" (every match, at least two: "all circles").
+
 Positions are object centres in units of the image side. A comparison closer than its margin is
 "unclear" (MAYBE), so expressions kept by the generator never hinge on a few pixels.
 """
@@ -33,7 +37,10 @@ _DIRECTIONS = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 
 
 def matches(obj: dict, description: dict) -> bool:
     """Whether an object has every attribute value the description lists."""
-    return all(obj[key] == value for key, value in description.items())
+    for key, value in description.items():  # a plain loop: this is the generator's hottest line
+        if obj[key] != value:
+            return False
+    return True
 
 
 def _ranked(keys: dict, rank: int, margin: float) -> dict:
@@ -116,7 +123,29 @@ def evaluate(form: dict, objects: list, img_size: int) -> tuple[list, list]:
     return ([i for i in candidates if status[i] == YES], [i for i in candidates if status[i] == MAYBE])
 
 
+def denotation(form: dict, objects: list, img_size: int) -> list | None:
+    """Indices of exactly the objects a form refers to, or None when that is not well defined.
+
+    Well defined means no object is unclear (MAYBE), a relation's landmark is one object, a
+    singular form matches at most one object (none: a no-target expression) and a plural form
+    matches as many as its `count` says ("all": at least two). Every listed object matches the
+    form clearly and every other object clearly does not.
+    """
+    if "count" in form and (form["type"] not in ("attribute", "relation")
+                            or not (form["count"] == "all" or isinstance(form["count"], int) and form["count"] >= 2)):
+        raise ValueError(f"Plural forms are attribute or relation forms with a count >= 2 or 'all', not {form!r}.")
+    yes, maybe = evaluate(form, objects, img_size)
+    if maybe:
+        return None
+    if not yes and form["type"] == "relation" and sum(matches(o, form["landmark"]) for o in objects) != 1:
+        return None  # no landmark (or several): the expression does not make sense here
+    if "count" not in form:
+        return yes if len(yes) <= 1 else None
+    wanted = form["count"]
+    return yes if (len(yes) >= 2 if wanted == "all" else len(yes) == wanted) else None
+
+
 def referent(form: dict, objects: list, img_size: int):
     """Index of the one object the form denotes, or None if it denotes none or is ambiguous."""
-    yes, maybe = evaluate(form, objects, img_size)
-    return yes[0] if len(yes) == 1 and not maybe else None
+    found = denotation(form, objects, img_size)
+    return found[0] if found is not None and len(found) == 1 else None

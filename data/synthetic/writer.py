@@ -10,6 +10,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from errors import UserInputError
+
+from .counterfactual import counterfactual_form
 from .forms import choose_forms
 from .language import normalize_sentence, realize
 from .sampling import sample_scene
@@ -27,20 +30,20 @@ DEFAULT_MIX = {"attribute": 0.35, "location": 0.25, "relation": 0.2, "ordinal": 
 def check_params(num_images, img_size, seed, val_fraction, test_fraction, num_held_out, distractor_prob, mix) -> dict:
     """Validate the generator's arguments (errors name the argument); returns the expression mix."""
     if num_images < 5:
-        raise ValueError(f"num_images={num_images}: need at least 5 (one image per split).")
+        raise UserInputError(f"num_images={num_images}: need at least 5 (one image per split).")
     if seed < 0:
-        raise ValueError(f"seed={seed}: must be a non-negative integer.")
+        raise UserInputError(f"seed={seed}: must be a non-negative integer.")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
-        raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must lie in [0, 1).")
+        raise UserInputError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must lie in [0, 1).")
     if img_size < 32:
-        raise ValueError(f"img_size={img_size}: shapes are unreadable below 32 pixels; use 32 or more.")
+        raise UserInputError(f"img_size={img_size}: shapes are unreadable below 32 pixels; use 32 or more.")
     if not 1 <= num_held_out <= len(SHAPES):
-        raise ValueError(f"num_held_out={num_held_out}: choose 1..{len(SHAPES)}.")
+        raise UserInputError(f"num_held_out={num_held_out}: choose 1..{len(SHAPES)}.")
     if not 0.0 <= distractor_prob <= 1.0:
-        raise ValueError(f"distractor_prob={distractor_prob}: must lie in [0, 1].")
+        raise UserInputError(f"distractor_prob={distractor_prob}: must lie in [0, 1].")
     mix = dict(DEFAULT_MIX if mix is None else mix)
     if set(mix) != set(EXPRESSION_TYPES) or min(mix.values()) <= 0:
-        raise ValueError(f"mix={mix}: give a positive weight for each of {', '.join(EXPRESSION_TYPES)}.")
+        raise UserInputError(f"mix={mix}: give a positive weight for each of {', '.join(EXPRESSION_TYPES)}.")
     return mix
 
 
@@ -50,7 +53,7 @@ def split_plan(rng, num_images, val_fraction, test_fraction) -> list:
     counts.update({s: max(1, round(num_images * test_fraction)) for s in ("testA", "testB", "testC")})
     counts["train"] = num_images - sum(counts.values())
     if counts["train"] < 1:
-        raise ValueError(
+        raise UserInputError(
             f"num_images={num_images} leaves no training images with val_fraction={val_fraction} and "
             f"test_fraction={test_fraction} (at least one image per split); use more images or smaller fractions."
         )
@@ -65,12 +68,16 @@ def held_out_pairs(rng, count) -> list:
     return [(c, s) for c, s in zip(colours, shapes, strict=True)]
 
 
+def is_held_out(obj: dict, held_out: list) -> bool:
+    return (obj["colour"], obj["shape"]) in held_out
+
+
 def referable(obj: dict, split: str, held_out: list) -> bool:
     """testC refers only to held-out colour-shape pairs, the other splits never do."""
-    return ((obj["colour"], obj["shape"]) in held_out) == (split == "testC")
+    return is_held_out(obj, held_out) == (split == "testC")
 
 
-def _refer_image(rng, split, img_size, held_out, mix, distractor_prob):
+def refer_image(rng, split, img_size, held_out, mix, distractor_prob):
     """Sample until the scene has at least one referable object; returns scene, polygons, {obj: forms}."""
     types = SPLIT_TYPES[split]
     while True:
@@ -89,17 +96,27 @@ def _refer_image(rng, split, img_size, held_out, mix, distractor_prob):
 
 
 def expressions(rng, forms: list, count: int) -> list:
-    """`count` distinct (form, raw) pairs; a form may be phrased twice when there are too few forms."""
+    """`count` distinct (form, raw, rng state before phrasing) triples; a form may be phrased twice
+    when there are too few forms. The state lets a counterfactual be phrased with the same choices."""
     out, seen = [], set()
     for attempt in range(count * 8):
         form = forms[attempt % len(forms)] if attempt < len(forms) else forms[int(rng.integers(len(forms)))]
+        state = rng.bit_generator.state
         raw = realize(form, rng)
         if normalize_sentence(raw)[0] not in seen:
             seen.add(normalize_sentence(raw)[0])
-            out.append((form, raw))
+            out.append((form, raw, state))
         if len(out) == count:
             break
     return out
+
+
+def refuse_other_layout(root: str, dataset: str, other_refs_file: str) -> None:
+    """A normal and a generalized set share file names (instances.json ...): never mix them in one folder."""
+    path = os.path.join(root, dataset, other_refs_file)
+    if os.path.exists(path):
+        raise UserInputError(f"{path} exists: {os.path.join(root, dataset)} holds a set of the other layout; "
+                         "choose another --dataset (or delete that folder).")
 
 
 class Records:
@@ -114,6 +131,7 @@ class Records:
         self.categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
         self.category_ids = {c["name"]: c["id"] for c in self.categories}
         self.images, self.annotations, self.refs, self.scenes, self.expressions = [], [], [], [], []
+        self.counterfactuals = {}  # str(sent_id) -> raw counterfactual sentence
         self.stats = {s: {"images": 0, "refs": 0, "sentences": 0} for s in SPLITS}
         self.type_counts = dict.fromkeys(EXPRESSION_TYPES, 0)
         self.ann_id = self.sent_id = 0
@@ -138,13 +156,14 @@ class Records:
             })
         return stem
 
-    def add_sentences(self, split: str, pairs: list) -> tuple[list, list]:
-        """REFER sentences for the next ref's (form, raw) pairs; records each form."""
+    def add_sentences(self, split: str, pairs: list, extras: list | None = None) -> tuple[list, list]:
+        """REFER sentences for the next ref's (form, raw) pairs; records each form (plus its extras)."""
         sentences, sent_ids = [], []
-        for form, raw in pairs:
+        for k, (form, raw) in enumerate(pairs):
             sent, tokens = normalize_sentence(raw)
             sentences.append({"tokens": tokens, "raw": raw, "sent_id": self.sent_id, "sent": sent})
-            self.expressions.append({"sent_id": self.sent_id, "ref_id": len(self.refs), "form": form})
+            self.expressions.append({"sent_id": self.sent_id, "ref_id": len(self.refs), "form": form,
+                                     **(extras[k] if extras else {})})
             sent_ids.append(self.sent_id)
             self.type_counts[form["type"]] += 1
             self.sent_id += 1
@@ -152,14 +171,41 @@ class Records:
         self.stats[split]["sentences"] += len(sentences)
         return sentences, sent_ids
 
-    def write_common(self, params: dict, held_out: list) -> None:
-        """instances.json and the synthetic_scenes.json sidecar."""
+    def write_common(self, params: dict, held_out: list, splitBy: str) -> None:
+        """instances.json, counterfactuals(<splitBy>).json and the synthetic_scenes.json sidecar."""
+        with open(os.path.join(self.data_dir, f"counterfactuals({splitBy}).json"), "w", encoding="utf-8") as handle:
+            json.dump(self.counterfactuals, handle, separators=(",", ":"))
         with open(os.path.join(self.data_dir, "instances.json"), "w", encoding="utf-8") as handle:
             json.dump({"images": self.images, "annotations": self.annotations, "categories": self.categories},
                       handle, separators=(",", ":"))
         with open(os.path.join(self.data_dir, "synthetic_scenes.json"), "w", encoding="utf-8") as handle:
             json.dump({"format": "synref-scenes-v1", "params": params, "held_out_pairs": [list(p) for p in held_out],
                        "scenes": self.scenes, "expressions": self.expressions}, handle, separators=(",", ":"))
+
+    def summary(self, root: str, splitBy: str, held_out: list, distractor_share: float, started: float) -> dict:
+        return {
+            "root": os.path.abspath(root), "dataset": self.dataset, "splitBy": splitBy, "splits": self.stats,
+            "images": len(self.images), "refs": len(self.refs), "sentences": self.sent_id,
+            "distractor_share": distractor_share, "expression_types": self.type_counts,
+            "counterfactuals": len(self.counterfactuals), "held_out_pairs": [list(p) for p in held_out],
+            "seconds": time.perf_counter() - started,
+        }
+
+
+def write_counterfactuals(records: Records, rng, triples: list, sent_ids: list, objects: list, img_size: int,
+                          exclude_pairs=()) -> None:
+    """Each sentence's counterfactual (`counterfactual_form`), phrased from the rng state and word
+    choices of its original, so the two usually differ in the changed words only. Recorded in
+    `records.counterfactuals` and, as 'counterfactual', in the sentence's sidecar entry."""
+    entries = records.expressions[len(records.expressions) - len(sent_ids):]
+    for (form, _, state), sent_id, entry in zip(triples, sent_ids, entries, strict=True):
+        negative = counterfactual_form(form, objects, img_size, rng, exclude_pairs)
+        if negative is None:
+            continue
+        replay = np.random.Generator(np.random.PCG64())
+        replay.bit_generator.state = state
+        records.counterfactuals[str(sent_id)] = realize(negative, replay, like=form)
+        entry["counterfactual"] = negative
 
 
 def shares_shape_or_colour(objects: list, index: int) -> bool:
@@ -168,14 +214,16 @@ def shares_shape_or_colour(objects: list, index: int) -> bool:
                for j, o in enumerate(objects))
 
 
-def _add_refs(records: Records, rng, split: str, image_id: int, stem: str, objects: list, referred: dict) -> int:
+def _add_refs(records: Records, rng, cf_rng, split: str, image_id: int, stem: str, objects: list, referred: dict,
+              exclude_pairs) -> int:
     """One ref per referred object, in object order; returns how many have a same-shape/colour distractor."""
     with_distractor = 0
     for i, obj in enumerate(objects):
         if i not in referred:
             continue
-        pairs = expressions(rng, referred[i], len(referred[i]) if len(referred[i]) > 1 else 2)
-        sentences, sent_ids = records.add_sentences(split, pairs)
+        triples = expressions(rng, referred[i], len(referred[i]) if len(referred[i]) > 1 else 2)
+        sentences, sent_ids = records.add_sentences(split, [(form, raw) for form, raw, _ in triples])
+        write_counterfactuals(records, cf_rng, triples, sent_ids, objects, records.img_size, exclude_pairs)
         records.refs.append({"sent_ids": sent_ids, "file_name": f"{stem}_{obj['ann_id']}.png", "ann_id": obj["ann_id"],
                              "ref_id": len(records.refs), "image_id": image_id, "split": split,
                              "sentences": sentences, "category_id": records.category_ids[obj["shape"]]})
@@ -187,20 +235,27 @@ def generate(root: str, dataset: str = "synref", num_images: int = 2000, img_siz
              splitBy: str = "unc", val_fraction: float = 0.1, test_fraction: float = 0.05,
              num_held_out: int = 6, distractor_prob: float = 0.8, mix: dict | None = None,
              verbose: bool = False) -> dict:
-    """Write a SynRef dataset under `root` (REFER layout) and return a summary dict."""
+    """Write a SynRef dataset under `root` (REFER layout) and return a summary dict.
+
+    Besides the REFER files, `counterfactuals(<splitBy>).json` maps str(sent_id) to a counterfactual
+    sentence (see `counterfactual_form`) for every sentence that has one. Its choices come from a
+    random stream of their own, so the other files are what they were without it.
+    """
     started = time.perf_counter()
     mix = check_params(num_images, img_size, seed, val_fraction, test_fraction, num_held_out, distractor_prob, mix)
+    refuse_other_layout(root, dataset, f"grefs({splitBy}).json")
     master = np.random.default_rng(seed)
     held_out = held_out_pairs(master, num_held_out)
     plan = split_plan(master, num_images, val_fraction, test_fraction)
     records = Records(root, dataset, img_size)
     with_distractor = 0
     for index, split in enumerate(plan):
-        rng = np.random.default_rng([seed, index])
-        scene, polygons, pixels, visible, referred = _refer_image(rng, split, img_size, held_out, mix, distractor_prob)
+        rng, cf_rng = np.random.default_rng([seed, index]), np.random.default_rng([seed, index, 1])
+        scene, polygons, pixels, visible, referred = refer_image(rng, split, img_size, held_out, mix, distractor_prob)
         image_id = index + 1
         stem = records.add_image(image_id, split, pixels, visible, polygons, scene["objects"])
-        with_distractor += _add_refs(records, rng, split, image_id, stem, scene["objects"], referred)
+        exclude = () if split == "testC" else held_out  # a held-out pair is named only in testC
+        with_distractor += _add_refs(records, rng, cf_rng, split, image_id, stem, scene["objects"], referred, exclude)
         records.scenes.append({"image_id": image_id, "split": split, **scene})
         if verbose and (index + 1) % 500 == 0:
             print(f"  {index + 1}/{num_images} images ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -210,10 +265,5 @@ def generate(root: str, dataset: str = "synref", num_images: int = 2000, img_siz
     params = {"dataset": dataset, "num_images": num_images, "img_size": img_size, "seed": seed,
               "splitBy": splitBy, "val_fraction": val_fraction, "test_fraction": test_fraction,
               "num_held_out": num_held_out, "distractor_prob": distractor_prob, "mix": mix}
-    records.write_common(params, held_out)
-    return {
-        "root": os.path.abspath(root), "dataset": dataset, "splitBy": splitBy, "splits": records.stats,
-        "images": len(records.images), "refs": len(records.refs), "sentences": records.sent_id,
-        "distractor_share": with_distractor / max(len(records.refs), 1), "expression_types": records.type_counts,
-        "held_out_pairs": [list(p) for p in held_out], "seconds": time.perf_counter() - started,
-    }
+    records.write_common(params, held_out, splitBy)
+    return records.summary(root, splitBy, held_out, with_distractor / max(len(records.refs), 1), started)
