@@ -1,72 +1,98 @@
 """Segment the object an expression refers to in your own image.
 
-    python demo_inference.py --resume model_best_refcoco.pth --swin_type base --window12 \
-        --img_size 480 --image photo.jpg --sentence "the man in the red shirt" "the dog on the left"
+    python demo_inference.py --resume model_best_refcoco.pth --image photo.jpg \
+        --sentence "the man in the red shirt" "the dog on the left"
 
-For each sentence, writes `<stem>_<i>_mask.png` (0/255, the image's own size) and
-`<stem>_<i>_overlay.png` into --out-dir. The image is resized to img_size x img_size as in
-training; the logits are resized back to the original size before the argmax.
+The architecture (variant, Swin size, window, text encoder, input size) is read from the
+checkpoint; the model flags only override it. For each sentence, writes `<stem>_<i>_mask.png`
+(0/255, at the image's own size, as the photo is displayed: EXIF orientation applied) and
+`<stem>_<i>_overlay.png` (outside the mask darkened, the mask outlined) into --out-dir.
+The Python API behind it is `lib.predictor.Predictor`.
 """
+import argparse
 import os
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
-import engine
-import utils
-from args import get_parser
-from bert import load_tokenizer
-from data.dataset_refer_bert import load_rgb_image, tokenize_expressions
-from transforms import get_transform
+import cli
+from lib.architecture import OVERRIDABLE
+from lib.predictor import Predictor, open_image
+from lib.segmentation import SWIN_CONFIGS
 
-OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+# Outline colours; each overlay uses the one farthest from the object's mean colour.
+OUTLINE_COLOURS = np.array([[0, 255, 255], [255, 0, 255], [255, 255, 0], [0, 255, 0], [255, 0, 0], [0, 0, 255]],
+                           dtype=np.float32)
+OUTSIDE_BRIGHTNESS = 0.35
 
 
 def get_demo_parser():
-    parser = get_parser()
-    parser.description = "LAVT demo: image + expression(s) -> mask and overlay PNGs"
-    parser.add_argument("--image", required=True, help="the image to segment")
+    parser = argparse.ArgumentParser(description="LAVT demo: image + expression(s) -> mask and overlay PNGs",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--resume", required=True, help="the checkpoint (.pth): ours or a released LAVT one")
+    parser.add_argument("--image", required=True, help="the image file to segment (any format PIL reads)")
     parser.add_argument("--sentence", nargs="+", required=True, help="one or more referring expressions")
     parser.add_argument("--out-dir", default="demo_outputs", dest="out_dir", help="where the PNGs are written")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (falls back to cpu without CUDA)")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (fp16: CUDA)")
+    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
+    group.add_argument("--model", choices=["lavt", "lavt_one"])
+    group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
+    group.add_argument("--window12", action="store_true", default=None)
+    group.add_argument("--window-size", type=int, dest="window_size")
+    group.add_argument("--mha", help="fusion heads per stage, e.g. 4-4-4-4")
+    group.add_argument("--fusion")
+    group.add_argument("--ck_bert", help="text encoder: Hugging Face name, local directory, or 'minilm'")
+    group.add_argument("--bert_tokenizer")
+    group.add_argument("--img_size", type=int, help="input size (default: the training size in the checkpoint)")
     return parser
 
 
-@torch.no_grad()
-def predict_masks(model, text_encoder, tokenizer, image, sentences, img_size, device):
-    """Boolean masks (n_sentences, H, W) at the image's own size."""
-    pixels, _ = get_transform(img_size)(image, Image.new("L", image.size))
-    input_ids, attention_mask = tokenize_expressions(tokenizer, sentences)
-    images = pixels.unsqueeze(0).expand(len(sentences), -1, -1, -1).to(device)
-    logits = engine.forward_lavt(model, text_encoder, images, input_ids.to(device), attention_mask.to(device))
-    logits = F.interpolate(logits.float(), size=(image.height, image.width), mode="bilinear", align_corners=True)
-    return logits.argmax(1).bool().cpu()
+def outline(mask):
+    """The pixels just outside the mask: a band about 1/300 of the shorter side (at least 1 px) wide."""
+    size = 2 * max(1, round(min(mask.shape) / 300)) + 1
+    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(size))
+    return (np.asarray(grown) > 0) & ~mask
 
 
-def overlay(image, mask, alpha=0.5):
+def overlay(image, mask):
+    """The image with everything outside `mask` darkened and the mask outlined in a contrasting colour."""
     rgb = np.asarray(image, dtype=np.float32)
-    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * OVERLAY_COLOUR
-    return Image.fromarray(rgb.astype(np.uint8))
+    shown = rgb * OUTSIDE_BRIGHTNESS
+    shown[mask] = rgb[mask]
+    if mask.any():
+        mean = rgb[mask].mean(axis=0)
+        colour = OUTLINE_COLOURS[np.argmax(np.linalg.norm(OUTLINE_COLOURS - mean, axis=1))]
+        shown[outline(mask)] = colour
+    return Image.fromarray(shown.round().astype(np.uint8))
+
+
+def describe(index, prediction, path):
+    pixels = int(prediction.mask.sum())
+    line = f"[{index}] {prediction.expression!r}: {pixels} pixels ({100 * prediction.mask.mean():.1f}% of the image)"
+    if prediction.no_target is not None:
+        line += f", no-target score {prediction.no_target_score:.2f}"
+    if prediction.no_target or pixels == 0:
+        line += ": the model finds nothing this expression refers to in the image"
+    return f"{line} -> {path}"
 
 
 def main(args):
-    if not args.resume:
-        raise ValueError("--resume: pass the checkpoint (.pth) to run.")
-    device = utils.resolve_device(args.device)
-    utils.check_writable_dir(args.out_dir, "--out-dir")
-    image = load_rgb_image(args.image, what="--image")
-    model, text_encoder = engine.load_trained_model(args, device)
-    tokenizer = load_tokenizer(args.bert_tokenizer)
-    masks = predict_masks(model, text_encoder, tokenizer, image, args.sentence, args.img_size, device)
+    image = open_image(args.image)  # a bad --image fails before anything is written
+    overrides = {name: getattr(args, name) for name in OVERRIDABLE}
+    predictor = Predictor.from_checkpoint(args.resume, device=cli.resolve_device(args.device),
+                                          amp=None if args.amp == "off" else args.amp, **overrides)
+    used = predictor.args
+    print(f"Model: {used.model}, Swin-{used.swin_type}, window {used.window_size}, text encoder {used.ck_bert}, "
+          f"{used.img_size} px input")
+    cli.check_writable_dir(args.out_dir, "--out-dir")
     stem = os.path.splitext(os.path.basename(args.image))[0]
-    for i, (sentence, mask) in enumerate(zip(args.sentence, masks)):
-        mask_np = mask.numpy()
+    for i, prediction in enumerate(predictor.predict(image, args.sentence)):
         mask_path = os.path.join(args.out_dir, f"{stem}_{i}_mask.png")
-        Image.fromarray(mask_np.astype(np.uint8) * 255).save(mask_path)
-        overlay(image, mask_np).save(os.path.join(args.out_dir, f"{stem}_{i}_overlay.png"))
-        print(f"[{i}] {sentence!r}: {int(mask_np.sum())} pixels -> {mask_path}")
+        Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask_path)
+        overlay(image, prediction.mask).save(os.path.join(args.out_dir, f"{stem}_{i}_overlay.png"))
+        print(describe(i, prediction, mask_path))
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_demo_parser())
+    cli.run_cli(main, get_demo_parser())

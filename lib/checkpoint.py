@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .segmentation import SWIN_CONFIGS
+
 __all__ = [
     "CheckpointError", "load_checkpoint_file", "load_lavt_checkpoint", "save_checkpoint", "atomic_torch_save",
     "model_state_dict", "strip_prefixes", "unwrap_model", "check_loadable", "PLAIN_VALUE_TYPES", "CONTAINER_TYPES",
@@ -39,11 +41,8 @@ CONTAINER_TYPES = (dict, OrderedDict, list, tuple, set, argparse.Namespace)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Hugging Face BERT buffers that some transformers versions save and others do not.
 OPTIONAL_BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
-# Swin sizes by (embed_dim, depths); 'nano' is this project's CPU-sized model.
-SWIN_SIZES = {
-    (96, (2, 2, 6, 2)): "tiny", (96, (2, 2, 18, 2)): "small", (128, (2, 2, 18, 2)): "base",
-    (192, (2, 2, 18, 2)): "large", (32, (2, 2, 2, 2)): "nano",
-}
+# Swin sizes by (embed_dim, depths), for messages.
+SWIN_SIZES = {(dim, tuple(depths)): name for name, (dim, depths, _) in SWIN_CONFIGS.items()}
 LIST_LIMIT = 8
 
 
@@ -181,7 +180,7 @@ def _compare(provided, expected, ignore_missing=()):
     return missing, unexpected, mis_shaped
 
 
-def _swin_config(state_dict, prefix):
+def swin_config(state_dict, prefix):
     """(embed_dim, depths, heads) read off a backbone state dict, or None."""
     proj = state_dict.get(prefix + "patch_embed.proj.weight")
     if proj is None:
@@ -197,7 +196,7 @@ def _swin_config(state_dict, prefix):
     return int(proj.shape[0]), tuple(blocks[s] for s in stages), tuple(heads[s] for s in stages)
 
 
-def _describe_swin(config):
+def describe_swin(config):
     embed_dim, depths, heads = config
     name = SWIN_SIZES.get((embed_dim, depths))
     text = f"embed_dim {embed_dim}, depths {'-'.join(map(str, depths))}, heads {'-'.join(map(str, heads))}"
@@ -206,9 +205,9 @@ def _describe_swin(config):
 
 def _mismatch_hints(provided, expected, prefix="backbone."):
     hints = []
-    ck_swin, model_swin = _swin_config(provided, prefix), _swin_config(expected, prefix)
+    ck_swin, model_swin = swin_config(provided, prefix), swin_config(expected, prefix)
     if ck_swin and model_swin and ck_swin != model_swin:
-        (ck_text, ck_name), (model_text, _) = _describe_swin(ck_swin), _describe_swin(model_swin)
+        (ck_text, ck_name), (model_text, _) = describe_swin(ck_swin), describe_swin(model_swin)
         advice = f"pass --swin_type {ck_name}" if ck_name else "build the model with the checkpoint's Swin size"
         hints.append(f"the checkpoint is {ck_text} but the model is {model_text}: {advice}")
     for key, value in provided.items():

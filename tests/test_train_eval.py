@@ -204,7 +204,8 @@ def test_demo_writes_mask_and_overlay_at_image_size(trained, synref, tmp_path):
 
     image_dir = os.path.join(synref, "images", "synref")
     image_path = os.path.join(image_dir, sorted(os.listdir(image_dir))[0])
-    run([PY, "demo_inference.py", *common_flags(synref), "--resume", str(trained / "out" / "model_best_t.pth"),
+    # No model flags: the demo reads the architecture from the checkpoint.
+    run([PY, "demo_inference.py", "--device", "cpu", "--resume", str(trained / "out" / "model_best_t.pth"),
          "--image", image_path, "--sentence", "the red circle", "the big square", "--out-dir", str(tmp_path)])
     stem = os.path.splitext(os.path.basename(image_path))[0]
     size = Image.open(image_path).size

@@ -1,0 +1,138 @@
+"""Which model a checkpoint holds, read off the checkpoint itself.
+
+`infer_model_args(checkpoint, overrides)` returns the options `lib.referring_model.build_model`
+needs (`model`, `swin_type`, `window_size`, `ck_bert`, `img_size`, ...). The tensor shapes decide
+what they can: the Swin size (embed dim from `patch_embed.proj.weight`, depths from the
+`layers.N.blocks.M` keys, heads and window from the `relative_position_bias_table` shapes, a
+((2w-1)^2, heads) table for window w), the variant (`text_encoder.*` keys: lavt_one; a
+`bert_model` entry: lavt), the text width (the fusion's key projection, else the BERT's
+embeddings) and the optional no-target head (`no_target_head.*` keys). The checkpoint's `args` (ours and the released ones carry the training options)
+fill in what shapes cannot tell (fusion heads `mha`, `fusion`, the text encoder's name, the
+tokenizer, `img_size`); released defaults fill in the rest. An override replaces any of these;
+one that contradicts the shapes is a `UserInputError` naming both.
+"""
+import argparse
+import math
+from collections.abc import Mapping
+
+import torch
+
+from errors import UserInputError
+
+from .checkpoint import CheckpointError, describe_swin, strip_prefixes, swin_config
+from .segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
+
+__all__ = ["infer_model_args", "OVERRIDABLE"]
+
+# Options an override may set; the ones read off the shapes are checked against them.
+OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "ck_bert", "bert_tokenizer",
+               "img_size")
+# Text encoders by feature width, for checkpoints whose args do not name theirs.
+TEXT_ENCODERS_BY_WIDTH = {768: "bert-base-uncased", 384: "minilm"}
+RELEASED_IMG_SIZE = 480
+FUSION_KEY = "backbone.layers.0.fusion.image_lang_att.f_key.0.weight"
+BERT_EMBEDDINGS = "embeddings.word_embeddings.weight"
+
+
+def _model_state_dict(checkpoint, source):
+    for entry in ("model", "state_dict"):
+        if isinstance(checkpoint.get(entry), Mapping):
+            return strip_prefixes(checkpoint[entry])
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):  # a bare state dict
+        return strip_prefixes(checkpoint)
+    raise CheckpointError(f"The {source} has no 'model' state dict (entries: {sorted(map(str, checkpoint))[:10]}); "
+                          "is it a LAVT checkpoint?")
+
+
+def _read_shapes(checkpoint, source):
+    """What the tensors say: variant, Swin size name, window size and text width."""
+    state = _model_state_dict(checkpoint, source)
+    config = swin_config(state, "backbone.")
+    if config is None or not config[1]:
+        raise CheckpointError(f"The {source} has no LAVT backbone weights (no backbone.patch_embed.proj.weight or "
+                              "relative position tables); is it a LAVT checkpoint?")
+    names = [name for name, (dim, depths, heads) in SWIN_CONFIGS.items()
+             if (dim, tuple(depths), tuple(heads)) == config]
+    if not names:
+        raise CheckpointError(f"The {source} holds {describe_swin(config)[0]}, which is none of the Swin sizes "
+                              f"{', '.join(SWIN_CONFIGS)}.")
+    table = state[next(k for k in state if k.endswith("relative_position_bias_table"))]
+    window = (math.isqrt(table.shape[0]) + 1) // 2
+    if any(k.startswith("text_encoder.") for k in state):
+        model, bert = "lavt_one", {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
+    elif isinstance(checkpoint.get("bert_model"), Mapping):
+        model, bert = "lavt", strip_prefixes(checkpoint["bert_model"])
+    else:
+        raise CheckpointError(f"The {source} holds no text encoder weights (no 'bert_model' entry and no "
+                              "text_encoder.* keys), so its text features cannot be reproduced.")
+    width = state[FUSION_KEY].shape[1] if FUSION_KEY in state else bert[BERT_EMBEDDINGS].shape[1]
+    return {"model": model, "swin_type": names[0], "window_size": window, "text_width": int(width),
+            "swin_text": describe_swin(config)[0],
+            "no_target_head": any(k.startswith("no_target_head.") for k in state)}
+
+
+def _check_override(overrides, shapes, source):
+    def clash(given, found):
+        raise UserInputError(f"{given} contradicts the {source}, which holds {found}; drop the option or pass "
+                             "another checkpoint.")
+
+    if overrides.get("model") not in (None, shapes["model"]):
+        where = "text_encoder.* weights inside the model" if shapes["model"] == "lavt_one" else "a separate bert_model"
+        clash(f"model={overrides['model']!r}", f"a {shapes['model']} model ({where})")
+    if overrides.get("swin_type") not in (None, shapes["swin_type"]):
+        clash(f"swin_type={overrides['swin_type']!r}", shapes["swin_text"])
+    if overrides.get("window_size") not in (None, shapes["window_size"]):
+        clash(f"window_size={overrides['window_size']!r}", f"window-{shapes['window_size']} attention tables")
+    if overrides.get("window12") and shapes["window_size"] != 12:
+        clash("window12=True", f"window-{shapes['window_size']} attention tables")
+
+
+def _text_encoder_name(overrides, saved, width, source):
+    """The text encoder to build: given, named by the checkpoint's args, or the usual one of this width."""
+    from bert import load_text_config
+
+    name = overrides.get("ck_bert") or getattr(saved, "ck_bert", None) or TEXT_ENCODERS_BY_WIDTH.get(width)
+    if name is None:
+        raise UserInputError(f"The {source} was trained with {width}-wide text features and does not name its text "
+                             "encoder; pass it (ck_bert=..., --ck_bert).")
+    hidden = load_text_config(name).hidden_size
+    if hidden != width:
+        given = f"ck_bert={name!r}" if overrides.get("ck_bert") else f"its text encoder {name!r} ({hidden}-wide)"
+        raise UserInputError(f"{given} does not fit the {source}, whose fusion takes {width}-wide text features "
+                             f"({TEXT_ENCODERS_BY_WIDTH.get(width, 'another encoder')}); pass the text encoder it "
+                             "was trained with.")
+    return name
+
+
+def _tokenizer_name(overrides, saved, ck_bert):
+    """Given; else the given text encoder's own (its directory holds its vocabulary); else the saved one."""
+    return overrides.get("bert_tokenizer") or overrides.get("ck_bert") or getattr(saved, "bert_tokenizer", None) \
+        or ck_bert
+
+
+def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
+    """`argparse.Namespace` of build options for `checkpoint` (a loaded dict); see the module docstring.
+
+    `overrides` maps names of `OVERRIDABLE` to values (None means not given); `source` names the
+    checkpoint in messages.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise UserInputError(f"Unknown option(s) {', '.join(unknown)}; the model options are {', '.join(OVERRIDABLE)}.")
+    saved = checkpoint.get("args")
+    saved = saved if isinstance(saved, argparse.Namespace) else argparse.Namespace()
+    shapes = _read_shapes(checkpoint, source)
+    _check_override(overrides, shapes, source)
+
+    def option(name, default):
+        return overrides.get(name, getattr(saved, name, default))
+
+    ck_bert = _text_encoder_name(overrides, saved, shapes["text_width"], source)
+    return argparse.Namespace(
+        model=shapes["model"], swin_type=shapes["swin_type"], window_size=shapes["window_size"],
+        window12=shapes["window_size"] == 12, mha=option("mha", MODEL_DEFAULTS["mha"]),
+        fusion=option("fusion", MODEL_DEFAULTS["fusion"]), ck_bert=ck_bert,
+        bert_tokenizer=_tokenizer_name(overrides, saved, ck_bert),
+        img_size=int(option("img_size", RELEASED_IMG_SIZE)), no_target_head=shapes["no_target_head"],
+        pretrained_swin_weights="")
