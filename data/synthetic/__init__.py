@@ -7,8 +7,12 @@ writes, exactly as RefCOCO is laid out (so `REFER` -> `ReferDataset` -> model ->
     <root>/<dataset>/refs(<splitBy>).p         pickled list of refs (builtin types only, protocol 2)
     <root>/<dataset>/instances.json            COCO-style images / annotations (polygons) / categories
     <root>/images/<dataset>/<dataset>_<12-digit id>.png
+    <root>/<dataset>/counterfactuals(<splitBy>).json   {str(sent_id): counterfactual sentence}
     <root>/<dataset>/synthetic_scenes.json     sidecar (not read by REFER): every scene's objects and
                                                every sentence's semantic form, for checking and analysis
+
+With `--generalized` the refs are `grefs(<splitBy>).json` in the gRefCOCO layout instead: expressions
+that refer to one object, to several, or to none (`generate_generalized`).
 
 Scenes hold 2-6 flat-coloured shapes (8 shapes x 8 colours x 2 sizes) on a textured background.
 Expressions are generated from semantic forms (attribute / location / relation / ordinal, see
@@ -24,8 +28,9 @@ painted pixels.
 
 Modules: `scene` (shapes, colours, painting), `polygons` (exact mask -> polygon tracing),
 `sampling` (random scenes), `semantics` (what a form denotes), `forms` (choosing forms),
-`language` (forms -> sentences), `writer` (the REFER-layout set), `examples` (pictures),
-`__main__` (command line).
+`language` (forms -> sentences), `counterfactual` (one change, nothing matches), `writer` (the
+REFER-layout set), `generalized` (the gRefCOCO-layout set), `examples` (pictures), `__main__`
+(command line).
 """
 from .counterfactual import counterfactual_form
 from .examples import outline_target, write_examples
