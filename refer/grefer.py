@@ -67,11 +67,12 @@ def _load_grefs(path: str) -> list:
     return refs
 
 
-def _id_list(value, field: str) -> list:
-    """`ann_id` / `category_id` as a non-empty list of integers (one int is accepted)."""
+def _id_list(value, field: str, allow_empty: bool = False) -> list:
+    """`ann_id` / `category_id` as a list of integers (one int is accepted; only categories may be [])."""
     values = value if isinstance(value, (list, tuple)) else [value]
-    if not values or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in values):
-        raise TypeError(f"{field} must be an integer or a non-empty list of integers, got {value!r}")
+    if (not values and not allow_empty) or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{field} must be an integer or a{'' if allow_empty else ' non-empty'} list of integers, "
+                        f"got {value!r}")
     return [int(v) for v in values]
 
 
@@ -127,7 +128,7 @@ class GREFER(REFER):
         self.Refs[ref_id] = ref
         self.refToAnn[ref_id] = anns
         self.imgToRefs[ref["image_id"]].append(ref)
-        for category_id in dict.fromkeys(_id_list(ref["category_id"], "category_id")):
+        for category_id in dict.fromkeys(_id_list(ref["category_id"], "category_id", allow_empty=True)):
             self.catToRefs[category_id].append(ref)
         for ann_id in ann_ids:
             self.annToRef[ann_id].append(ref)
@@ -147,7 +148,7 @@ class GREFER(REFER):
             raise TypeError(f"split must be a string, got {ref['split']!r}")
         if image_id not in self.Imgs:
             raise ValueError(f"image_id {image_id!r} is not in '{self.DATA_DIR}/instances.json'")
-        _id_list(ref["category_id"], "category_id")
+        _id_list(ref["category_id"], "category_id", allow_empty=True)  # a no-target ref may have none
         sentences = ref["sentences"]
         if not isinstance(sentences, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("sent_id"), Integral) and isinstance(s.get("raw"), str)
@@ -178,7 +179,7 @@ class GREFER(REFER):
         refs = [r for i in image_ids for r in self.imgToRefs.get(i, [])] if image_ids else self.data["refs"]
         if cat_ids:
             wanted = set(cat_ids)
-            refs = [r for r in refs if wanted.intersection(_id_list(r["category_id"], "category_id"))]
+            refs = [r for r in refs if wanted.intersection(_id_list(r["category_id"], "category_id", True))]
         if ref_ids:
             wanted_refs = set(ref_ids)
             refs = [r for r in refs if r["ref_id"] in wanted_refs]

@@ -90,7 +90,7 @@ INSTANCES = {
 }
 REFS = [
     ref(1, [10, 11], "train", [sentence(1, "both shapes"), sentence(2, "the two things on the left")]),
-    ref(2, [-1], "train", [sentence(3, "the purple star")], category_id=[1], no_target=True),
+    ref(2, [-1], "train", [sentence(3, "the purple star")], category_id=[], no_target=True),
     ref(3, [10, 12], "val", [sentence(4, "square and the crowd")]),
     ref(4, [-1], "val", [sentence(5, "a green car"), sentence(6, "the dog"), sentence(7, "the red circle")],
         category_id=1, no_target=True),
@@ -152,7 +152,8 @@ def test_index_members(root):
     assert grefer.getRefIds(split="val") == [3, 4]
     assert grefer.getRefIds(split="testB") == [6, 7]
     assert grefer.getRefIds(cat_ids=3) == []  # category 3 is not a ref category; anns are listed by category
-    assert grefer.getRefIds(cat_ids=[1], split="train") == [1, 2]
+    assert grefer.getRefIds(cat_ids=[1], split="train") == [1]  # ref 2 (no target) lists no category
+    assert grefer.getRefIds(cat_ids=[1, 2], split="val") == [3, 4]
     assert grefer.getRefIds(image_ids=2) == [5, 6]
     assert [a["id"] for a in grefer.refToAnn[1]] == [10, 11] and grefer.refToAnn[2] == []
     assert [a["id"] for a in grefer.refToAnn[5]] == [13]
