@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fusion import PWAM, get_fusion, language_gate
 
+# Stochastic-depth rate of the last block in the released recipe (rates grow linearly from 0).
+RELEASED_DROP_PATH_RATE = 0.3
 # Backbone parameter names containing one of these get no weight decay in the released recipe.
 NO_WEIGHT_DECAY_KEYWORDS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
 
@@ -159,7 +162,9 @@ class MultiModalStage(nn.Module):
     """One backbone stage (`layers.i`): Swin blocks, fusion, language gate, optional patch merging.
 
     `fusion_layer(dim, text_dim, num_heads=fusion_heads, dropout=fusion_drop)` and `gate_layer(dim)`
-    build the `fusion` and `res_gate` submodules (contracts in lib/fusion.py).
+    build the `fusion` and `res_gate` submodules (contracts in lib/fusion.py). With
+    `grad_checkpointing`, each Swin block and the fusion keep only their inputs for the backward
+    pass and run again there (same gradients: the RNG state of DropPath/dropout is replayed).
     """
 
     def __init__(self, dim, depth, num_heads, window_size, text_dim, fusion_heads=1, fusion_drop=0.0,
@@ -176,6 +181,12 @@ class MultiModalStage(nn.Module):
         self.fusion = fusion_layer(dim, text_dim, num_heads=fusion_heads, dropout=fusion_drop)
         self.res_gate = gate_layer(dim)
         self.downsample = PatchMerging(dim) if downsample else None
+        self.grad_checkpointing = False
+
+    def _run(self, module, *inputs):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, *inputs, use_reentrant=False)
+        return module(*inputs)
 
     def forward(self, x, height, width, l_feats, l_mask):
         """-> (fused F_i (B, H*W, C), input of the next stage (None for the last), its height, its width)."""
@@ -185,14 +196,16 @@ class MultiModalStage(nn.Module):
         if self.shift_size and len(self.blocks) > 1:
             shift_mask = shifted_window_mask(padded_height, padded_width, w, self.shift_size, x.device, x.dtype)
         for block in self.blocks:
-            x = block(x, height, width, shift_mask)
-        fused = self.fusion(x, l_feats, l_mask)
+            x = self._run(block, x, height, width, shift_mask)
+        fused = self._run(self.fusion, x, l_feats, l_mask)
         if self.downsample is None:
             # The gated sum only feeds the next stage, so the last stage's `res_gate` is unused
             # (kept for checkpoint compatibility; DDP needs find_unused_parameters=True).
             return fused, None, height, width
-        x = x + self.res_gate(fused) * fused
-        return fused, self.downsample(x, height, width), (height + 1) // 2, (width + 1) // 2
+        return fused, self._run(self._gate_and_merge, x, fused, height, width), (height + 1) // 2, (width + 1) // 2
+
+    def _gate_and_merge(self, x, fused, height, width):
+        return self.downsample(x + self.res_gate(fused) * fused, height, width)
 
 
 class MultiModalSwinTransformer(nn.Module):
@@ -202,7 +215,7 @@ class MultiModalSwinTransformer(nn.Module):
     """
 
     def __init__(self, embed_dim, depths, num_heads, window_size=7, text_dim=768, fusion_heads=(1, 1, 1, 1),
-                 fusion_drop=0.0, drop_path_rate=0.3, mlp_ratio=4.0, patch_size=4, in_chans=3,
+                 fusion_drop=0.0, drop_path_rate=RELEASED_DROP_PATH_RATE, mlp_ratio=4.0, patch_size=4, in_chans=3,
                  fusion_layer="pwam", gate_layer=language_gate):
         super().__init__()
         depths, num_heads, fusion_heads = list(depths), list(num_heads), list(fusion_heads)
@@ -236,6 +249,11 @@ class MultiModalSwinTransformer(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute the Swin blocks and fusion layers in the backward pass (less memory, more time)."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
 
     def no_weight_decay_parameters(self):
         """Names of parameters that the released recipe trains without weight decay."""

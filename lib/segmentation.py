@@ -74,13 +74,15 @@ class LAVTOne(LAVT):
 
 def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1), fusion_drop=0.0,
                drop_path_rate=0.3, text_dim=768, text_encoder=None, fusion_layer="pwam", gate_layer=language_gate,
-               no_target_head=False):
+               checkpoint_activations=False, no_target_head=False):
     """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
     (then the text width is its `config.hidden_size`).
 
     `fusion_layer`: a name registered in lib/fusion.py (`pwam`, the released module, by default) or a
     callable following the fusion contract there; `gate_layer(dim)` builds each stage's `res_gate`.
     `no_target_head`: add the no-target classifier on the top stage (lib/no_target.py; not released).
+    `checkpoint_activations`: recompute the Swin blocks and fusion in the backward pass (same
+    gradients, lower peak memory); switch later with `model.backbone.set_grad_checkpointing(...)`.
     """
     if text_encoder is not None:
         text_dim = text_encoder.config.hidden_size
@@ -88,6 +90,7 @@ def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 
                                          fusion_heads=fusion_heads, fusion_drop=fusion_drop,
                                          drop_path_rate=drop_path_rate, fusion_layer=fusion_layer,
                                          gate_layer=gate_layer)
+    backbone.set_grad_checkpointing(checkpoint_activations)
     classifier = SimpleDecoding(8 * embed_dim, hidden_channels=4 * embed_dim)
     head = NoTargetHead(8 * embed_dim) if no_target_head else None
     if text_encoder is None:
