@@ -9,20 +9,30 @@ what they can: the Swin size (embed dim from `patch_embed.proj.weight`, depths f
 embeddings) and the optional no-target head (`no_target_head.*` keys). The checkpoint's `args` (ours and the released ones carry the training options)
 fill in what shapes cannot tell (fusion heads `mha`, `fusion`, the text encoder's name, the
 tokenizer, `img_size`); released defaults fill in the rest. An override replaces any of these;
-one that contradicts the shapes is a `UserInputError` naming both.
+one that contradicts the shapes is a `UserInputError` naming both. `load_inferred_model(path)`
+builds that model and loads the checkpoint into it.
 """
 import argparse
 import math
+import os
 from collections.abc import Mapping
 
 import torch
 
 from errors import UserInputError
 
-from .checkpoint import CheckpointError, describe_swin, strip_prefixes, swin_config
+from .checkpoint import (
+    CheckpointError,
+    describe_swin,
+    load_checkpoint_file,
+    load_lavt_checkpoint,
+    strip_prefixes,
+    swin_config,
+)
+from .referring_model import build_model
 from .segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
 
-__all__ = ["infer_model_args", "OVERRIDABLE"]
+__all__ = ["infer_model_args", "load_inferred_model", "OVERRIDABLE"]
 
 # Options an override may set; the ones read off the shapes are checked against them.
 OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "ck_bert", "bert_tokenizer",
@@ -136,3 +146,13 @@ def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
         bert_tokenizer=_tokenizer_name(overrides, saved, ck_bert),
         img_size=int(option("img_size", RELEASED_IMG_SIZE)), no_target_head=shapes["no_target_head"],
         pretrained_swin_weights="")
+
+
+def load_inferred_model(path, **overrides):
+    """(`ReferringModel` in eval mode on the CPU with the weights of `path`, its build options)."""
+    checkpoint = load_checkpoint_file(path)
+    source = f"checkpoint '{os.fspath(path)}'"
+    args = infer_model_args(checkpoint, overrides, source=source)
+    model = build_model(args, pretrained=False)
+    load_lavt_checkpoint(model.model, checkpoint, bert_model=model.bert_model, source=source)
+    return model.eval(), args

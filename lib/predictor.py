@@ -42,9 +42,7 @@ from data.dataset_refer_bert import eight_bit, rgb_image, tokenize_expressions
 from errors import UserInputError
 from transforms import get_transform
 
-from .architecture import infer_model_args
-from .checkpoint import load_checkpoint_file, load_lavt_checkpoint
-from .referring_model import build_model
+from .architecture import load_inferred_model
 
 __all__ = ["Predictor", "Prediction", "open_image"]
 
@@ -126,11 +124,7 @@ class Predictor:
     def from_checkpoint(cls, path, device="cpu", amp=None, **overrides):
         """Load `path`; `overrides` (model, swin_type, window12, window_size, mha, fusion, ck_bert,
         bert_tokenizer, img_size) replace what the checkpoint says and must agree with its shapes."""
-        checkpoint = load_checkpoint_file(path)
-        source = f"checkpoint '{os.fspath(path)}'"
-        args = infer_model_args(checkpoint, overrides, source=source)
-        model = build_model(args, pretrained=False)
-        load_lavt_checkpoint(model.model, checkpoint, bert_model=model.bert_model, source=source)
+        model, args = load_inferred_model(path, **overrides)
         predictor = cls(model, load_tokenizer(args.bert_tokenizer), args.img_size, device=device, amp=amp)
         predictor.args = args
         return predictor

@@ -1,0 +1,74 @@
+"""Export a LAVT checkpoint (text encoder + model) to one ONNX file and check it with onnxruntime.
+
+    python tools/export_onnx.py --resume model_best_refcoco.pth --out lavt_refcoco.onnx
+
+The architecture is read from the checkpoint (model flags only override it, as in the demo).
+After writing the file, the ONNX graph runs in onnxruntime on sample inputs at batch 1 and 3 and
+is compared with PyTorch: the largest |logit difference| and the share of pixels whose mask
+agrees are printed, and the command fails when they exceed --atol or disagree. How to call the
+file without this repository: README, "Deployment: ONNX". Needs the optional packages onnx,
+onnxscript and onnxruntime (requirements-dev.txt).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cli  # noqa: E402
+from bert import load_tokenizer  # noqa: E402
+from errors import UserInputError  # noqa: E402
+from lib.architecture import OVERRIDABLE, load_inferred_model  # noqa: E402
+from lib.onnx_export import compare_with_pytorch, export_onnx, onnx_session, require_onnx, sample_inputs  # noqa: E402
+from lib.segmentation import SWIN_CONFIGS  # noqa: E402
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resume", required=True, help="the checkpoint (.pth): ours or a released LAVT one")
+    parser.add_argument("--out", required=True, help="the ONNX file to write")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
+    parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted |logit difference| (default 1e-3)")
+    parser.add_argument("--no-verify", action="store_true", dest="no_verify", help="skip the onnxruntime check")
+    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
+    group.add_argument("--model", choices=["lavt", "lavt_one"])
+    group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
+    group.add_argument("--window12", action="store_true", default=None)
+    group.add_argument("--window-size", type=int, dest="window_size")
+    group.add_argument("--mha")
+    group.add_argument("--fusion")
+    group.add_argument("--ck_bert")
+    group.add_argument("--bert_tokenizer")
+    group.add_argument("--img_size", type=int, help="the (fixed) input size of the graph (default: the training size)")
+    return parser
+
+
+def verify(path, model, img_size, tokenizer, atol):
+    session = onnx_session(path)
+    for batch in (1, 3):
+        difference, agreement = compare_with_pytorch(session, model, sample_inputs(batch, img_size, tokenizer, seed=1))
+        print(f"batch {batch}: max |logit difference| {difference:.2e}, mask agreement {100 * agreement:.4f}%")
+        if difference > atol or agreement < 1.0:
+            raise RuntimeError(f"The ONNX graph '{path}' disagrees with PyTorch at batch {batch} (max |logit "
+                               f"difference| {difference:.2e} > {atol:g}, or masks differ).")
+
+
+def main(args):
+    require_onnx()
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UserInputError(f"--out '{args.out}': the directory '{out_dir}' does not exist.")
+    model, used = load_inferred_model(args.resume, **{name: getattr(args, name) for name in OVERRIDABLE})
+    tokenizer = load_tokenizer(used.bert_tokenizer)
+    print(f"Exporting {used.model}, Swin-{used.swin_type}, window {used.window_size}, text encoder {used.ck_bert}, "
+          f"input {used.img_size} x {used.img_size}")
+    outputs = export_onnx(model, args.out, used.img_size, tokenizer, opset=args.opset)
+    print(f"Wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB): inputs image (B, 3, {used.img_size}, "
+          f"{used.img_size}) float32, input_ids (B, 20) int64, attention_mask (B, 20) int64; outputs "
+          f"{', '.join(outputs)}")
+    if not args.no_verify:
+        verify(args.out, model, used.img_size, tokenizer, args.atol)
+
+
+if __name__ == "__main__":
+    cli.run_cli(main, get_parser())
