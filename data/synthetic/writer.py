@@ -14,7 +14,7 @@ from errors import UserInputError
 
 from .counterfactual import counterfactual_form
 from .forms import choose_forms
-from .language import normalize_sentence, realize
+from .language import SHAPE_WORDS, normalize_sentence, realize
 from .sampling import sample_scene
 from .scene import COLOURS, SHAPES
 from .semantics import EXPRESSION_TYPES
@@ -128,7 +128,9 @@ class Records:
         self.image_dir = os.path.join(root, "images", dataset)
         os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(self.image_dir, exist_ok=True)
-        self.categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+        # "synonyms": the other nouns the expressions use for a shape (read by the drop-category probe).
+        self.categories = [{"id": i + 1, "name": s, "supercategory": "shape", "synonyms": SHAPE_WORDS[s][1:]}
+                           for i, s in enumerate(SHAPES)]
         self.category_ids = {c["name"]: c["id"] for c in self.categories}
         self.images, self.annotations, self.refs, self.scenes, self.expressions = [], [], [], [], []
         self.counterfactuals = {}  # str(sent_id) -> raw counterfactual sentence
