@@ -36,6 +36,9 @@ def add_data_args(parser):
                        help="refcoco, refcoco+, refcocog, grefcoco, or a generated set (e.g. synref) under --refer_data_root")
     group.add_argument("--splitBy", default="unc", help="unc, google or umd (see README, Data setup)")
     group.add_argument("--refer_data_root", default="./refer/data/", help="REFER data root (see README, Data setup)")
+    group.add_argument("--coco2017-dir", default=None, dest="coco2017_dir",
+                       help="COCO 2017 train2017 folder, used when an image is missing from the train2014 folder "
+                            "(found automatically under --refer_data_root when not given)")
     group.add_argument("--img_size", default=480, type=positive_int, help="images are resized to img_size x img_size")
     group.add_argument("--bert_tokenizer", default="bert-base-uncased",
                        help="tokenizer: Hugging Face name, local directory, or 'minilm' (packaged offline)")

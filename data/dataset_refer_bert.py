@@ -134,7 +134,8 @@ class ReferDataset(data.Dataset):
         self.generalized = args.dataset == "grefcoco" or grefs_path(args.refer_data_root, args.dataset,
                                                                      args.splitBy) is not None
         index_class = GREFER if self.generalized else REFER
-        self.refer = index_class(args.refer_data_root, args.dataset, args.splitBy)
+        self.refer = index_class(args.refer_data_root, args.dataset, args.splitBy,
+                                 coco2017_dir=getattr(args, "coco2017_dir", None))
         self.ref_ids = self.refer.getRefIds(split=split)
         if not self.ref_ids:
             raise UserInputError(
@@ -194,7 +195,10 @@ class ReferDataset(data.Dataset):
 
     def __getitem__(self, index: int):
         ref_id = self.ref_ids[index]
-        path = os.path.join(self.refer.IMAGE_DIR, self.image_info(index)["file_name"])
+        try:
+            path = self.refer.image_path(self.image_info(index)["file_name"])
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (ref {ref_id}) {DATA_SETUP_HINT}") from None
         image = load_rgb_image(path, what=f"ref {ref_id}")
         target = Image.fromarray(self.original_target(index))
         if self.image_transforms is not None:

@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 
 from errors import UserInputError
 
+from .images import find_coco2017_dir
 from .refer import REFER, _as_list, load_instances
 from .safe_pickle import load_refs_pickle
 
@@ -79,9 +80,10 @@ def _id_list(value, field: str, allow_empty: bool = False) -> list:
 class GREFER(REFER):
     """gRefCOCO-style index with REFER's methods; `refToAnn[ref_id]` is a LIST of annotations."""
 
-    def __init__(self, data_root, dataset: str = "grefcoco", splitBy: str = "unc"):
+    def __init__(self, data_root, dataset: str = "grefcoco", splitBy: str = "unc", coco2017_dir=None):
         data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
         self.ROOT_DIR = data_root
+        self.COCO2017_DIR = find_coco2017_dir(data_root, coco2017_dir)
         self.DATA_DIR = os.path.join(data_root, dataset)
         self.IMAGE_DIR = (os.path.join(data_root, "images", "mscoco", "images", "train2014") if dataset == "grefcoco"
                           else os.path.join(data_root, "images", dataset))
@@ -230,7 +232,7 @@ class GREFER(REFER):
 
         ax = ax or plt.gca()
         image = self.Imgs[ref["image_id"]]
-        ax.imshow(Image.open(os.path.join(self.IMAGE_DIR, image["file_name"])).convert("RGB"))
+        ax.imshow(Image.open(self.image_path(image["file_name"])).convert("RGB"))
         self.showMask(ref, ax=ax)
         for x, y, w, h in self.getRefBox(ref["ref_id"]):
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="green", linewidth=2))

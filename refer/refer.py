@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 
 from errors import UserInputError
 
+from .images import find_coco2017_dir, resolve_image_path
 from .safe_pickle import load_refs_pickle
 
 __all__ = ["REFER", "KNOWN_SPLITBY", "DATA_SETUP_HINT", "object_mask"]
@@ -53,7 +54,8 @@ DATA_SETUP_HINT = (
     "See README.md, section 'Data setup': the REFER annotations (refs(<splitBy>).p and "
     "instances.json per dataset) come from the refer repository, github.com/lichengunc/refer "
     "(download links in its README); the RefCOCO/RefCOCO+/RefCOCOg images are MS-COCO train2014 "
-    "(images.cocodataset.org/zips/train2014.zip), unpacked into <data_root>/images/mscoco/images/train2014."
+    "(images.cocodataset.org/zips/train2014.zip), unpacked into <data_root>/images/mscoco/images/train2014, "
+    "or COCO 2017's train2017 folder (<data_root>/images/mscoco/images/train2017 or --coco2017-dir)."
 )
 
 
@@ -95,11 +97,12 @@ def _require_file(path: str, what: str) -> None:
 class REFER:
     """Referring-expression index with the original REFER toolkit's methods and members."""
 
-    def __init__(self, data_root: str, dataset: str = "refcoco", splitBy: str = "unc"):
+    def __init__(self, data_root: str, dataset: str = "refcoco", splitBy: str = "unc", coco2017_dir=None):
         data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
         if not os.path.isdir(data_root):
             raise FileNotFoundError(f"REFER data root '{data_root}' does not exist. {DATA_SETUP_HINT}")
         self.ROOT_DIR = data_root
+        self.COCO2017_DIR = find_coco2017_dir(data_root, coco2017_dir)
         self.DATA_DIR = os.path.join(data_root, dataset)
         self._check_dataset_and_split_by(dataset, splitBy)
         if dataset in _COCO_DATASETS:
@@ -277,6 +280,10 @@ class REFER:
     def getRefBox(self, ref_id):
         return self.refToAnn[ref_id]["bbox"]
 
+    def image_path(self, file_name: str) -> str:
+        """Path of an image of this dataset (a COCO 2017 train2017 copy when the 2014 file is absent)."""
+        return resolve_image_path(self.IMAGE_DIR, file_name, self.COCO2017_DIR)
+
     # ---- masks ------------------------------------------------------------------------------
     def _annotation_rles(self, ann: dict, height: int, width: int) -> list:
         """The annotation's parts (polygons and/or RLEs) as pycocotools RLEs of the image size.
@@ -333,7 +340,7 @@ class REFER:
 
         ax = ax or plt.gca()
         image = self.Imgs[ref["image_id"]]
-        ax.imshow(Image.open(os.path.join(self.IMAGE_DIR, image["file_name"])).convert("RGB"))
+        ax.imshow(Image.open(self.image_path(image["file_name"])).convert("RGB"))
         self.showMask(ref, ax=ax)
         x, y, w, h = self.getRefBox(ref["ref_id"])
         ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="green", linewidth=2))
