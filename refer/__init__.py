@@ -1,4 +1,4 @@
-"""The REFER index of referring-expression datasets (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF) and GREFER (gRefCOCO)."""
+"""The REFER index of referring-expression datasets (RefCOCO, RefCOCO+, RefCOCOg, generated sets) and GREFER (gRefCOCO)."""
 from .grefer import GREFER, grefs_path
 from .refer import DATA_SETUP_HINT, KNOWN_SPLITBY, REFER, object_mask
 from .safe_pickle import UnsafePickleError, load_refs_pickle

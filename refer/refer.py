@@ -1,4 +1,4 @@
-"""REFER: index of a referring-expression dataset (RefCOCO, RefCOCO+, RefCOCOg, RefCLEF, ...).
+"""REFER: index of a referring-expression dataset (RefCOCO, RefCOCO+, RefCOCOg, generated sets).
 
 Re-implements the API of the REFER toolkit (github.com/lichengunc/refer) for Python 3:
 
@@ -45,7 +45,6 @@ KNOWN_SPLITBY = {
     "refcoco": ("unc", "google"),
     "refcoco+": ("unc", "google"),
     "refcocog": ("umd", "google"),
-    "refclef": ("unc", "berkeley"),
 }
 _COCO_DATASETS = ("refcoco", "refcoco+", "refcocog")
 _SPLITS = ("train", "val", "test", "testA", "testB", "testC", "testAB", "testBC", "testAC")
@@ -107,8 +106,6 @@ class REFER:
         self._check_dataset_and_split_by(dataset, splitBy)
         if dataset in _COCO_DATASETS:
             self.IMAGE_DIR = os.path.join(data_root, "images", "mscoco", "images", "train2014")
-        elif dataset == "refclef":
-            self.IMAGE_DIR = os.path.join(data_root, "images", "saiapr_tc-12")
         else:
             self.IMAGE_DIR = os.path.join(data_root, "images", dataset)
         self.dataset = dataset
@@ -142,12 +139,12 @@ class REFER:
         if not os.path.isdir(self.DATA_DIR):
             found = sorted(
                 name for name in os.listdir(self.ROOT_DIR)
-                if glob.glob(os.path.join(glob.escape(os.path.join(self.ROOT_DIR, name)), "refs(*).p"))
+                if glob.glob(os.path.join(glob.escape(os.path.join(self.ROOT_DIR, name)), "*refs(*).[pj]*"))
             )
             raise UserInputError(
-                f"Unknown dataset '{dataset}': it is not one of {', '.join(KNOWN_SPLITBY)} and "
-                f"'{self.DATA_DIR}' does not exist (dataset folders found under {self.ROOT_DIR}: "
-                f"{', '.join(found) or 'none'}). {DATA_SETUP_HINT}"
+                f"Unknown dataset '{dataset}': it is not one of {', '.join(KNOWN_SPLITBY)}, grefcoco, and there is "
+                f"no folder '{self.DATA_DIR}' (dataset folders found under {self.ROOT_DIR}: "
+                f"{', '.join(found) or 'none'}). Check --dataset and --refer_data_root (README.md, 'Data setup')."
             )
         pattern = os.path.join(glob.escape(self.DATA_DIR), "refs(*).p")
         available = sorted(re.fullmatch(r"refs\((.*)\)\.p", os.path.basename(p)).group(1) for p in glob.glob(pattern))
