@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The torch/torchvision pair installed first; override e.g. TORCH_PINS="torch torchvision".
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# Extra arguments of `make bench`, e.g. BENCH_ARGS="--suite scaling" (Swin-B 480 memory and bf16; ~5 min).
+BENCH_ARGS ?=
 
 .PHONY: setup test quickstart lint bench clean
 
@@ -26,7 +28,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 bench: setup
-	$(PY) bench/bench_model.py
+	$(PY) bench/bench_model.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs/quickstart
