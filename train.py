@@ -112,7 +112,7 @@ def build_training_model(args, device, world_size):
     return model, model_without_ddp
 
 
-def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler):
+def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, epochs):
     """Load a training checkpoint; returns (first epoch to run, best overall IoU so far)."""
     checkpoint = load_checkpoint_file(resume, what="--resume")
     load_lavt_checkpoint(model_without_ddp.model, checkpoint, bert_model=model_without_ddp.bert_model,
@@ -121,7 +121,7 @@ def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler):
     lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
-    print(f"Resumed from {resume}: continuing at epoch {int(checkpoint['epoch']) + 1}")
+    print(f"Resumed from {resume}: continuing at epoch {int(checkpoint['epoch']) + 1} of {epochs}")
     return int(checkpoint["epoch"]) + 1, float(checkpoint.get("best_overall_iou", -1.0))
 
 
@@ -163,7 +163,7 @@ def main(args):
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss)
-    start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler) if resume else (0, -1.0)
+    start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args.epochs) if resume else (0, -1.0)
     if utils.is_main_process():  # only now: a run that fails while setting up leaves no empty directories
         cli.check_writable_dir(run_dir, "--run-dir")
         cli.check_writable_dir(args.output_dir, "--output-dir")

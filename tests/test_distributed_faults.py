@@ -39,7 +39,7 @@ def base_env(**extra):
 
 
 def train_flags(run_dir, out_dir, epochs, timeout_s=30):
-    # 3 train objects, 2 ranks, batch 1: two iterations per epoch on each rank.
+    # 4 train objects, 2 ranks, batch 1: two iterations per epoch on each rank.
     return ["--device", "cpu", "--swin_type", "nano", "--ck_bert", "minilm", "--bert_tokenizer", "minilm",
             "--refer_data_root", FIXTURE_ROOT, "--dataset", "refcoco", "--img_size", "64", "-b", "1",
             "--workers", "0", "--bert-trainable-layers", "1", "--epochs", str(epochs), "--model_id", "d",
@@ -123,12 +123,10 @@ KILL_WRAPPER = textwrap.dedent('''
                 yield batch
 
 
-    def train_one_epoch_with_fault(model, text_encoder, criterion, optimizer, lr_scheduler, data_loader, device,
-                                   epoch, **kwargs):
+    def train_one_epoch_with_fault(model, criterion, data_loader, optimizer, lr_scheduler, device, epoch, **kwargs):
         if epoch == 1 and os.environ["RANK"] == "1":
             data_loader = KillAtIteration(data_loader, 1)
-        return train_one_epoch(model, text_encoder, criterion, optimizer, lr_scheduler, data_loader, device,
-                               epoch, **kwargs)
+        return train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, device, epoch, **kwargs)
 
 
     engine.train_one_epoch = train_one_epoch_with_fault

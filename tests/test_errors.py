@@ -1,8 +1,9 @@
 """Bad input at the command line: train.py / test.py end with exit code 1 and one `error:` line naming the culprit.
 
 Issue 6, section 3, on the recorded REFER fixture with the nano model at 64 px. Most cases run the
-scripts in this process (`utils.run_cli` with a patched sys.argv: the same parsing and error
-handling as `python train.py ...`, without 7 s of imports per case); one runs the real subprocess.
+scripts in this process (`cli.run_cli` with the script's own parser and argv: the same parsing and
+error handling as `python train.py ...`, without 7 s of imports per case); a few run the real
+subprocess.
 The REFER / dataset / checkpoint layers have their own error tests (test_refer.py, test_dataset.py,
 test_checkpoint.py); here the point is that those errors reach the user through the scripts.
 """
@@ -16,27 +17,32 @@ import sys
 import pytest
 import torch
 
-import engine
-import utils
-from args import get_parser
+import cli
+from args import get_test_parser, get_train_parser
+from errors import UserInputError
+from lib.referring_model import ReferringModel, load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_ROOT = os.path.join(REPO, "tests", "fixtures", "refer_fixture")
 IMAGE_DIR = os.path.join("images", "mscoco", "images", "train2014")
-TRAIN_IMAGE = "COCO_train2014_000000098304.jpg"  # two of the three train objects: in every first batch of 2
+TRAIN_IMAGE = "COCO_train2014_000000777777.jpg"  # of a train object only: read in epoch 0, before validation
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+PARSERS = {"train.py": get_train_parser, "test.py": get_test_parser}
+
+
 def flags(root=FIXTURE_ROOT, img_size=64):
+    """Flags both scripts take (data, model, runtime)."""
     return ["--device", "cpu", "--swin_type", "nano", "--ck_bert", "minilm", "--bert_tokenizer", "minilm",
-            "--refer_data_root", str(root), "--dataset", "refcoco", "--img_size", str(img_size), "-b", "2",
-            "--workers", "0", "--bert-trainable-layers", "1", "--print-freq", "50"]
+            "--refer_data_root", str(root), "--dataset", "refcoco", "--img_size", str(img_size),
+            "--workers", "0", "--print-freq", "50"]
 
 
 def train_flags(tmp_path, root=FIXTURE_ROOT, epochs=1, img_size=64):
-    return [*flags(root, img_size), "--epochs", str(epochs), "--model_id", "e", "--run-dir", str(tmp_path / "run"),
-            "--output-dir", str(tmp_path / "out")]
+    return [*flags(root, img_size), "-b", "2", "--bert-trainable-layers", "1", "--epochs", str(epochs),
+            "--model_id", "e", "--run-dir", str(tmp_path / "run"), "--output-dir", str(tmp_path / "out")]
 
 
 def run_script(script, argv, monkeypatch, capsys):
@@ -45,7 +51,7 @@ def run_script(script, argv, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [script, *map(str, argv)])
     code = 0
     try:
-        utils.run_cli(main, get_parser())
+        cli.run_cli(main, PARSERS[script]())
     except SystemExit as exit_:
         code = exit_.code
     out, err = capsys.readouterr()
@@ -74,7 +80,7 @@ def data_copy(tmp_path):
 def checkpoint_72(tmp_path_factory):
     """One epoch at --img_size 72 (not a multiple of 32): its best checkpoint serves the evaluation tests."""
     base = tmp_path_factory.mktemp("img72")
-    args = get_parser().parse_args(train_flags(base, img_size=72))
+    args = get_train_parser().parse_args(train_flags(base, img_size=72))
     runpy.run_path(os.path.join(REPO, "train.py"), run_name="cli_under_test")["main"](args)
     return base / "out" / "model_best_e.pth"
 
@@ -140,13 +146,13 @@ def test_img_size_not_a_multiple_of_32_trains_and_evaluates(checkpoint_72, tmp_p
     assert record["img_size"] == 72 and record["num_samples"] > 0
     assert 0.0 <= record["overall_iou"] <= 100.0
 
-    args = get_parser().parse_args([*flags(img_size=72), "--resume", str(checkpoint_72)])
-    model, text_encoder = engine.load_trained_model(args, torch.device("cpu"))
+    args = get_test_parser().parse_args([*flags(img_size=72), "--resume", str(checkpoint_72)])
+    model = load_model(args, torch.device("cpu"))
     images = torch.randn(2, 3, 72, 72)
     input_ids = torch.tensor([[101, 2158, 102] + [0] * 17] * 2)
     attention_mask = (input_ids > 0).long()
     with torch.no_grad():
-        logits = engine.forward_lavt(model, text_encoder, images, input_ids, attention_mask)
+        logits = model(images, input_ids, attention_mask)["logits"]
     assert logits.shape == (2, 2, 72, 72)
     assert torch.isfinite(logits).all()
 
@@ -165,10 +171,10 @@ def test_checkpoint_of_another_architecture_names_the_mismatch(checkpoint_72, tm
 
 def test_resume_of_missing_file_names_flag_and_path(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "nowhere" / "model.pth"
-    expect_error("train.py", [*train_flags(tmp_path), "--resume", missing], monkeypatch, capsys,
-                 f"--resume {missing}", "--resume auto")
-    expect_error("test.py", [*flags(), "--resume", missing, "--split", "val"], monkeypatch, capsys,
-                 f"--resume {missing}", "no such checkpoint file")
+    wording = f"The --resume file '{missing}' does not exist; check the path."  # one wording in every script
+    train = expect_error("train.py", [*train_flags(tmp_path), "--resume", missing], monkeypatch, capsys, wording)
+    test = expect_error("test.py", [*flags(), "--resume", missing, "--split", "val"], monkeypatch, capsys, wording)
+    assert train == test
     # test.py writes its results next to the checkpoint: no directory may appear for a wrong path.
     assert not (tmp_path / "nowhere").exists()
 
@@ -212,15 +218,15 @@ OOM_ERRORS = {
 
 
 def fail_forward(monkeypatch, error, when):
-    """Make engine.forward_lavt raise `error` in training (when='train') or only in evaluation ('eval')."""
-    forward = engine.forward_lavt
+    """Make the model's forward raise `error` in training (when='train') or only in evaluation ('eval')."""
+    forward = ReferringModel.forward
 
     def forward_or_fail(*args, **kwargs):
         if (when == "train") == torch.is_grad_enabled():
             raise error()
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "forward_lavt", forward_or_fail)
+    monkeypatch.setattr(ReferringModel, "forward", forward_or_fail)
 
 
 @pytest.mark.parametrize("kind", ["cuda", "cpu"])
@@ -249,21 +255,25 @@ def test_fp16_on_cpu_is_refused_pointing_to_bf16(checkpoint_72, tmp_path, monkey
 
 def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, monkeypatch, capsys):
     """A NaN loss at epoch 1, iteration 1 stops the run; epoch 0's checkpoint stays loadable and unchanged."""
-    build_criterion = engine.build_criterion
+    train_objects = 4  # of the fixture; with -b 1 one iteration each
+    import lib.criterion
+
+    build_criterion = lib.criterion.build_criterion
     calls = []
 
-    def build_nan_on_fifth_step(kind):
+    def build_nan_on_second_step(kind):
         criterion = build_criterion(kind)
 
-        def nan_on_fifth_step(logits, target):
+        def nan_on_second_step_of_epoch_1(outputs, target):
             calls.append(1)
-            loss = criterion(logits, target)
-            return loss * float("nan") if len(calls) == 5 else loss
+            loss = criterion(outputs, target)
+            return loss * float("nan") if len(calls) == train_objects + 2 else loss
 
-        return nan_on_fifth_step
+        return nan_on_second_step_of_epoch_1
 
-    monkeypatch.setattr(engine, "build_criterion", build_nan_on_fifth_step)
-    argv = [*train_flags(tmp_path, epochs=3), "-b", "1"]  # 3 iterations per epoch: call 5 = epoch 1, iteration 1
+    # train.py imports build_criterion from lib.criterion each time run_script executes it.
+    monkeypatch.setattr(lib.criterion, "build_criterion", build_nan_on_second_step)
+    argv = [*train_flags(tmp_path, epochs=3), "-b", "1"]
     expect_error("train.py", argv, monkeypatch, capsys, "Non-finite training loss (nan) at epoch 1, iteration 1",
                  "--lr", "--resume auto")
     last = tmp_path / "run" / "checkpoint_last.pth"
@@ -274,15 +284,86 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, mon
     assert epochs == [0]
 
 
-def test_lavt_debug_shows_the_full_exception_instead_of_one_line(monkeypatch, tmp_path):
-    def main(args):
-        raise ValueError("broken on purpose")
+def run_cli_exit_code(main, argv=()):
+    try:
+        cli.run_cli(main, get_test_parser(), list(argv))
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
 
-    monkeypatch.setattr(sys, "argv", ["test.py"])
+
+def raising(error):
+    def main(args):
+        raise error
+    return main
+
+
+def test_user_errors_are_one_line_and_lavt_debug_shows_the_traceback(monkeypatch, capsys):
+    monkeypatch.delenv("LAVT_DEBUG", raising=False)
+    assert run_cli_exit_code(raising(UserInputError("--foo: broken on purpose"))) == 1
+    assert capsys.readouterr().err == "error: --foo: broken on purpose\n"
     monkeypatch.setenv("LAVT_DEBUG", "1")
-    with pytest.raises(ValueError, match="broken on purpose"):
-        utils.run_cli(main, get_parser())
-    monkeypatch.delenv("LAVT_DEBUG")
-    with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(main, get_parser())
-    assert exit_info.value.code == 1
+    with pytest.raises(UserInputError, match="broken on purpose"):
+        run_cli_exit_code(raising(UserInputError("--foo: broken on purpose")))
+
+
+def test_bugs_keep_their_traceback_with_or_without_lavt_debug(monkeypatch):
+    """A ValueError / RuntimeError from inside the code is not the user's mistake: no one-line summary."""
+    monkeypatch.delenv("LAVT_DEBUG", raising=False)
+    with pytest.raises(ValueError, match="shape bug"):
+        run_cli_exit_code(raising(ValueError("shape bug")))
+    # Peer-failure words do not make a single-process RuntimeError a distributed failure.
+    with pytest.raises(RuntimeError, match="connection reset"):
+        run_cli_exit_code(raising(RuntimeError("connection reset in my module")))
+
+
+def test_distributed_peer_failure_is_one_line_unless_lavt_debug(monkeypatch, capsys):
+    peer_died = torch.distributed.DistError("Connection closed by peer [127.0.0.1]:29500")
+    monkeypatch.delenv("LAVT_DEBUG", raising=False)
+    assert run_cli_exit_code(raising(peer_died)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: rank 0: another process of this distributed job failed") and "--resume auto" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("LAVT_DEBUG", "1")
+    with pytest.raises(torch.distributed.DistError):
+        run_cli_exit_code(raising(peer_died))
+
+
+# --------------------------------------------------------------------------- text encoder
+
+
+def offline_without_bert_env(tmp_path):
+    """An environment where bert-base-uncased cannot be found: offline hub, empty Hugging Face cache."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "LAVT_DEBUG")}
+    (tmp_path / "empty_hf_home").mkdir()
+    return {**env, "HF_HOME": str(tmp_path / "empty_hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONWARNINGS": "ignore"}
+
+
+def test_missing_default_text_encoder_is_one_error_line_and_writes_nothing(checkpoint_72, tmp_path):
+    """Issue 9: the default --ck_bert (bert-base-uncased) missing is an error naming --ck_bert and minilm."""
+    default_ck_bert = flags(img_size=72)
+    del default_ck_bert[default_ck_bert.index("--ck_bert"):default_ck_bert.index("--ck_bert") + 2]
+    workdir, checkpoint_dir = tmp_path / "cwd", tmp_path / "checkpoint"
+    workdir.mkdir()
+    checkpoint_dir.mkdir()
+    checkpoint = checkpoint_dir / "model.pth"
+    shutil.copy(checkpoint_72, checkpoint)
+    commands = [  # train.py with its default run and output directories, relative to the working directory
+        [sys.executable, os.path.join(REPO, "train.py"), *default_ck_bert, "-b", "2", "--epochs", "1",
+         "--model_id", "m"],
+        [sys.executable, os.path.join(REPO, "test.py"), *default_ck_bert, "--resume", str(checkpoint),
+         "--split", "val"],
+    ]
+    env = offline_without_bert_env(tmp_path)
+    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in commands]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err[-2000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+        assert "bert-base-uncased" in lines[0] and "--ck_bert" in lines[0] and "minilm" in lines[0]
+    assert os.listdir(workdir) == []  # no models/m/, no checkpoints/
+    assert os.listdir(checkpoint_dir) == ["model.pth"]  # no results JSON

@@ -1,10 +1,14 @@
 """End-to-end: train.py / test.py / demo_inference.py as a user runs them, on a generated set.
 
-All on the CPU with the nano model at 64 px: single process, torchrun with 2 Gloo ranks, the
-original torch.distributed.launch form, resume, and the released-checkpoint path.
+All on the CPU with the nano model at 64 px on images generated at 80 px (so that the two
+evaluation protocols differ): single process, torchrun with 2 Gloo ranks (with --accum-steps and
+--checkpoint-activations, also resumed), the original torch.distributed.launch form, resume, and
+the released-checkpoint path.
 """
 import json
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +20,9 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
+GENERATED_SIZE = 80  # images on disk; the model sees --img_size 64
+# Issue 13: both options under torchrun and --resume.
+ACCUM_FLAGS = ["--accum-steps", "2", "--checkpoint-activations"]
 
 
 def free_port():
@@ -33,18 +40,18 @@ def synref(tmp_path_factory):
     from data.synthetic import generate
 
     root = tmp_path_factory.mktemp("refer_data")
-    generate(str(root), dataset="synref", num_images=24, img_size=64, seed=3)
+    generate(str(root), dataset="synref", num_images=24, img_size=GENERATED_SIZE, seed=3)
     return str(root)
 
 
 def common_flags(root):
     return ["--device", "cpu", "--model", "lavt", "--swin_type", "nano", "--ck_bert", "minilm",
             "--bert_tokenizer", "minilm", "--dataset", "synref", "--splitBy", "unc",
-            "--refer_data_root", root, "--img_size", "64", "--workers", "0", "--seed", "0"]
+            "--refer_data_root", root, "--img_size", "64", "--workers", "0"]
 
 
 def train_cmd(root, run_dir, out_dir, epochs=2, extra=()):
-    return [PY, "train.py", *common_flags(root), "--batch-size", "4", "--epochs", str(epochs), "--lr", "3e-4",
+    return [PY, "train.py", *common_flags(root), "--seed", "0", "--batch-size", "4", "--epochs", str(epochs), "--lr", "3e-4",
             "--model_id", "t", "--run-dir", str(run_dir), "--output-dir", str(out_dir),
             "--bert-trainable-layers", "1", "--print-freq", "5", *extra]
 
@@ -94,14 +101,20 @@ def test_single_process_training_writes_checkpoints_and_metrics(trained):
     assert checkpoint["epoch"] == 1 and checkpoint["args"].model_id == "t"
 
 
-def test_test_script_prints_and_writes_metrics(trained, synref, tmp_path):
-    out = tmp_path / "res.json"
+@pytest.fixture(scope="module")
+def resized_val(trained, synref, tmp_path_factory):
+    """test.py on val with the released protocol: (stdout, results record)."""
+    out = tmp_path_factory.mktemp("resized") / "res.json"
     result = run([PY, "test.py", *common_flags(synref), "--split", "val", "--resume",
                   str(trained / "out" / "model_best_t.pth"), "--results-json", str(out)])
-    assert "Mean IoU is" in result.stdout and "overall IoU =" in result.stdout
-    record = json.loads(out.read_text())
-    assert record["split"] == "val" and record["protocol"] == "resized"
-    printed = float(result.stdout.split("overall IoU = ")[1].split()[0])
+    return result.stdout, json.loads(out.read_text())
+
+
+def test_test_script_prints_and_writes_metrics(resized_val):
+    stdout, record = resized_val
+    assert "Mean IoU is" in stdout and "overall IoU =" in stdout
+    assert record["split"] == "val" and record["protocol"] == "resized" and record["img_size"] == 64
+    printed = float(stdout.split("overall IoU = ")[1].split()[0])
     assert printed == pytest.approx(record["overall_iou"], abs=0.006)
 
 
@@ -126,30 +139,49 @@ def test_resume_after_kill_matches_uninterrupted_run(trained, synref, tmp_path):
 
 def test_batched_evaluation_equals_sentence_by_sentence(trained, synref, tmp_path):
     import engine
-    from args import get_parser
+    import metrics
+    from args import get_test_parser
     from data.dataset_refer_bert import ReferDataset
+    from data.evaluation import build_eval_loader
+    from lib.referring_model import load_model
     from transforms import get_transform
 
-    args = get_parser().parse_args([*common_flags(synref), "--resume", str(trained / "out" / "model_best_t.pth")])
-    model, text_encoder = engine.load_trained_model(args, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    args = get_test_parser().parse_args([*common_flags(synref), "--resume", str(trained / "out" / "model_best_t.pth")])
+    model = load_model(args, cpu)
     dataset = ReferDataset(args, image_transforms=get_transform(64), split="testB", eval_mode=True)
     assert max(len(s) for s in dataset.sentences) > 1, "the test needs objects with several sentences"
-    one = engine.evaluate(model, text_encoder, dataset, torch.device("cpu"), eval_batch_size=1,
-                          prediction_dir=str(tmp_path / "pred"))
-    many = engine.evaluate(model, text_encoder, dataset, torch.device("cpu"), eval_batch_size=16)
+    writer = metrics.PredictionWriter(str(tmp_path / "pred"), dataset)
+    one = engine.evaluate(model, build_eval_loader(dataset, max_sentences=1), cpu, prediction_writer=writer)
+    many = engine.evaluate(model, build_eval_loader(dataset, max_sentences=16), cpu)
     assert one == many
+    assert [(r["index"], r["sentence_index"]) for r in one] == [
+        (i, j) for i, sentences in enumerate(dataset.sentences) for j in range(len(sentences))]
     rows = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == one["num_samples"] == sum(len(s) for s in dataset.sentences)
+    assert len(rows) == len(one) == sum(len(s) for s in dataset.sentences)
     assert all((tmp_path / "pred" / row["mask"]).is_file() for row in rows)
-    assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) == pytest.approx(one["overall_iou"])
+    assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) == pytest.approx(
+        metrics.summarize(one)["overall_iou"])
 
 
-def test_original_protocol_compares_at_image_size(trained, synref, tmp_path):
-    out = tmp_path / "orig.json"
+def test_original_protocol_compares_at_image_size(trained, synref, resized_val, tmp_path):
+    """Issue 9: at the images' own size (80 px) the numbers differ from the released 64 px comparison,
+    and the saved masks have the images' size."""
+    from PIL import Image
+
+    out, predictions = tmp_path / "orig.json", tmp_path / "pred"
     run([PY, "test.py", *common_flags(synref), "--split", "val", "--eval-protocol", "original", "--resume",
-         str(trained / "out" / "model_best_t.pth"), "--results-json", str(out)])
-    record = json.loads(out.read_text())
-    assert record["protocol"] == "original" and 0.0 <= record["mean_iou"] <= 100.0
+         str(trained / "out" / "model_best_t.pth"), "--results-json", str(out), "--save-predictions",
+         str(predictions)])
+    original, resized = json.loads(out.read_text()), resized_val[1]
+    assert original["protocol"] == "original" and 0.0 <= original["mean_iou"] <= 100.0
+    assert original["num_samples"] == resized["num_samples"]
+    assert (original["mean_iou"], original["overall_iou"]) != (resized["mean_iou"], resized["overall_iou"])
+    rows = [json.loads(line) for line in (predictions / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == original["num_samples"]
+    assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) * 100 == pytest.approx(original["overall_iou"])
+    for row in rows:
+        assert Image.open(predictions / row["mask"]).size == (GENERATED_SIZE, GENERATED_SIZE)
 
 
 def test_two_process_gloo_evaluation_equals_single_process(trained, synref, tmp_path):
@@ -164,14 +196,60 @@ def test_two_process_gloo_evaluation_equals_single_process(trained, synref, tmp_
         assert a[key] == b[key], key
 
 
-def test_torchrun_two_ranks_train_in_sync_and_only_rank0_writes(synref, tmp_path):
-    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
-    result = run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                  *train_cmd(synref, run_dir, out_dir, epochs=1)[1:]], threads="1")
-    assert "Parameters identical on all 2 ranks" in result.stdout
+def torchrun_train_cmd(synref, run_dir, out_dir, extra=()):
+    return [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            *train_cmd(synref, run_dir, out_dir, extra=[*ACCUM_FLAGS, *extra])[1:]]
+
+
+@pytest.fixture(scope="module")
+def torchrun_trained(synref, tmp_path_factory):
+    """2 epochs under torchrun (2 Gloo ranks) with --accum-steps 2 --checkpoint-activations: (dir, stdout)."""
+    base = tmp_path_factory.mktemp("torchrun")
+    result = run(torchrun_train_cmd(synref, base / "run", base / "out"), threads="1")
+    return base, result.stdout
+
+
+def test_torchrun_two_ranks_train_in_sync_and_only_rank0_writes(torchrun_trained):
+    base, stdout = torchrun_trained
+    run_dir, out_dir = base / "run", base / "out"
+    assert "Parameters identical on all 2 ranks" in stdout
     assert sorted(os.listdir(run_dir)) == ["checkpoint_last.pth", "log.txt", "metrics.jsonl"]
     assert os.listdir(out_dir) == ["model_best_t.pth"]
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    # The poly schedule counts optimizer steps: batch 4 per rank, 2 ranks, 2 micro-batches per step.
+    objects = int(re.search(r"train: (\d+) objects", stdout).group(1))
+    steps_per_epoch = math.ceil(objects / 2) // 4 // 2
+    assert f"{steps_per_epoch} optimizer steps/epoch" in stdout
+    assert load_checkpoint(run_dir / "checkpoint_last.pth")["lr_scheduler"]["last_epoch"] == 2 * steps_per_epoch
+
+
+def test_torchrun_resume_with_accumulation_and_checkpointing_matches_uninterrupted(torchrun_trained, synref,
+                                                                                    tmp_path):
+    """The job stopped in epoch 1 (SIGTERM to torchrun, as a scheduler does; the agent stops both ranks),
+    then --resume auto: the parameters of the uninterrupted run."""
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    proc = subprocess.Popen(torchrun_train_cmd(synref, run_dir, out_dir), cwd=REPO, env=env("1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)  # the agent returns once its workers are gone
+    assert load_checkpoint(run_dir / "checkpoint_last.pth")["epoch"] == 0, "stopped too late"
+    result = run(torchrun_train_cmd(synref, run_dir, out_dir, extra=["--resume", "auto"]), threads="1")
+    assert "continuing at epoch 1" in result.stdout, result.stdout[-3000:]
+    assert "Parameters identical on all 2 ranks" in result.stdout
+    resumed = load_checkpoint(run_dir / "checkpoint_last.pth")
+    uninterrupted = load_checkpoint(torchrun_trained[0] / "run" / "checkpoint_last.pth")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 1
+    for part in ("model", "bert_model"):
+        assert resumed[part].keys() == uninterrupted[part].keys()
+        for key, value in uninterrupted[part].items():
+            torch.testing.assert_close(resumed[part][key], value, atol=1e-6, rtol=0, msg=f"{part}.{key}")
 
 
 def test_legacy_distributed_launch_with_local_rank(synref, tmp_path):
