@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from metrics import intersection_union
+from metrics import sample_record
 
 
 def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, device, epoch, *, accum_steps=1,
@@ -71,11 +71,14 @@ def _check_finite(loss, epoch, iteration):
 
 @torch.no_grad()
 def evaluate(model, data_loader, device, *, amp_dtype=None, prediction_writer=None, print_freq=100,
-             log_file=None):
-    """Records `{"index", "sentence_index", "I", "U", "pred_pixels"}` for every sample of every rank, in dataset order.
+             log_file=None, no_target_pixels=1):
+    """Records `{"index", "sentence_index", "I", "U", "pred_pixels", "no_target_gt", "no_target_pred"}`
+    for every sample of every rank, in dataset order (see `metrics.sample_record`).
 
     Predictions are compared with each sample's target at the target's size: the logits are
     resized bilinearly when the target is not at the input size (`--eval-protocol original`).
+    "No target" is predicted by the model's no-target head when it has one, else by a mask of
+    fewer than `no_target_pixels` pixels.
     """
     model.eval()
     records = []
@@ -84,13 +87,16 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, prediction_writer=No
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(batch["images"].to(device), batch["input_ids"].to(device),
                             batch["attention_mask"].to(device))
-        for (index, j), logits, target in zip(batch["samples"], outputs["logits"].float(), batch["targets"]):
+        head_logits = outputs.get("no_target_logits")
+        no_target = batch.get("no_target", [False] * len(batch["samples"]))
+        for k, ((index, j), logits, target) in enumerate(zip(batch["samples"], outputs["logits"].float(),
+                                                              batch["targets"])):
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = F.interpolate(logits[None], size=target.shape[-2:], mode="bilinear", align_corners=True)[0]
             mask = logits.argmax(0)
-            inter, union = intersection_union(mask, target.to(device))
-            records.append({"index": index, "sentence_index": j, "I": inter, "U": union,
-                            "pred_pixels": int(mask.sum())})
+            head_logit = None if head_logits is None else head_logits[k]
+            record = sample_record(mask, target.to(device), no_target[k], head_logit, no_target_pixels)
+            records.append({"index": index, "sentence_index": j, **record})
             if prediction_writer is not None:
                 prediction_writer.write_mask(index, j, mask)
     records = [r for shard in utils.all_gather_object(records) for r in shard]

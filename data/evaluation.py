@@ -38,8 +38,9 @@ class SentenceSamples(torch.utils.data.Dataset):
         chosen = self.sentence_indices(index)
         input_ids = input_ids.reshape(input_ids.shape[-2], -1).t()[chosen]  # (n_chosen, N_l)
         attention_mask = attention_mask.reshape(attention_mask.shape[-2], -1).t()[chosen]
+        no_target = bool(self.dataset.no_target[index]) if hasattr(self.dataset, "no_target") else False
         return {"index": index, "sentence_indices": chosen, "image": image, "target": target,
-                "input_ids": input_ids, "attention_mask": attention_mask}
+                "input_ids": input_ids, "attention_mask": attention_mask, "no_target": no_target}
 
 
 class SentenceBudgetBatchSampler(torch.utils.data.Sampler):
@@ -66,9 +67,9 @@ class SentenceBudgetBatchSampler(torch.utils.data.Sampler):
 
 
 def collate_sentences(items):
-    """Flatten objects into samples: images repeated per sentence; targets kept as a list
-    (at the original size they differ between objects)."""
-    images, targets, input_ids, attention_mask, samples = [], [], [], [], []
+    """Flatten objects into samples: images repeated per sentence; targets (at the original size they
+    differ between objects) and no-target flags kept as lists."""
+    images, targets, input_ids, attention_mask, samples, no_target = [], [], [], [], [], []
     for item in items:
         count = len(item["sentence_indices"])
         images.append(item["image"].unsqueeze(0).expand(count, *item["image"].shape))
@@ -76,8 +77,9 @@ def collate_sentences(items):
         input_ids.append(item["input_ids"])
         attention_mask.append(item["attention_mask"])
         samples += [(item["index"], j) for j in item["sentence_indices"]]
+        no_target += [item["no_target"]] * count
     return {"images": torch.cat(images), "targets": targets, "input_ids": torch.cat(input_ids),
-            "attention_mask": torch.cat(attention_mask), "samples": samples}
+            "attention_mask": torch.cat(attention_mask), "samples": samples, "no_target": no_target}
 
 
 def one_sentence_per_object(dataset, seed):

@@ -113,3 +113,39 @@ def test_criterion_adds_weighted_term_only_with_a_head(weight):
     combined = criterion({"logits": mask_logits, "no_target_logits": head_logits}, targets)
     expected = mask_only.item() + weight * (bce(0.3, 0) + bce(1.2, 1)) / 2
     assert combined.item() == pytest.approx(expected, rel=1e-6)
+
+
+class FixedOutputs(torch.nn.Module):
+    """Stands in for ReferringModel: an empty mask for every sample, and the given head logits."""
+
+    def __init__(self, head_logits=None):
+        super().__init__()
+        self.head_logits = head_logits
+
+    def forward(self, images, input_ids, attention_mask):
+        logits = torch.zeros(images.shape[0], 2, *images.shape[-2:])
+        logits[:, 0] = 1.0  # background wins everywhere
+        if self.head_logits is None:
+            return {"logits": logits}
+        return {"logits": logits, "no_target_logits": torch.tensor(self.head_logits[: images.shape[0]])}
+
+
+def test_evaluate_records_no_target_flags(tmp_path):
+    import engine
+    from data.dataset_refer_bert import ReferDataset
+    from data.evaluation import build_eval_loader
+    from metrics import summarize_generalized
+    from tests.test_grefer import make_args, write_set
+    from transforms import get_transform
+
+    dataset = ReferDataset(make_args(write_set(tmp_path)), image_transforms=get_transform(32), split="val",
+                           eval_mode=True)  # ref 3 (a target, 1 sentence), ref 4 (no target, 3 sentences)
+    loader = build_eval_loader(dataset, max_sentences=16)
+    records = engine.evaluate(FixedOutputs(), loader, torch.device("cpu"))
+    assert [r["no_target_gt"] for r in records] == [False, True, True, True]
+    assert [r["no_target_pred"] for r in records] == [True] * 4  # empty masks
+    assert records[0]["U"] > 0 and all(r["pred_pixels"] == 0 for r in records)
+    records = engine.evaluate(FixedOutputs([-1.0, 1.0, -2.0, 3.0]), loader, torch.device("cpu"))
+    assert [r["no_target_pred"] for r in records] == [False, True, False, True]
+    summary = summarize_generalized(records)
+    assert summary["N-acc"] == pytest.approx(2 / 3) and summary["T-acc"] == 1.0
