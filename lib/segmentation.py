@@ -13,12 +13,13 @@
 `nano` (32, 2-2-2-2, 1-2-4-8), a small model of our own for CPU runs and tests; it has no
 pretrained Swin weights.
 """
-import os
 
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import MultiModalSwinTransformer
+from errors import UserInputError
+
+from .backbone import RELEASED_DROP_PATH_RATE, MultiModalSwinTransformer
 from .decoder import SimpleDecoding
 from .fusion import language_gate
 from .no_target import NoTargetHead
@@ -30,6 +31,12 @@ SWIN_CONFIGS = {
     "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
     "nano": (32, [2, 2, 2, 2], [1, 2, 4, 8]),
 }
+
+
+# Options of the released models; args.py and the factories below read their defaults here.
+MODEL_DEFAULTS = {"swin_type": "base", "window12": False, "window_size": None, "mha": "", "fusion_drop": 0.0,
+                  "fusion": "pwam", "drop_path_rate": RELEASED_DROP_PATH_RATE, "checkpoint_activations": False,
+                  "no_target_head": False}
 
 
 class LAVT(nn.Module):
@@ -72,8 +79,9 @@ class LAVTOne(LAVT):
         return super().forward_outputs(image, l_feats, l_mask.unsqueeze(-1))
 
 
-def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1), fusion_drop=0.0,
-               drop_path_rate=0.3, text_dim=768, text_encoder=None, fusion_layer="pwam", gate_layer=language_gate,
+def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1),
+               fusion_drop=MODEL_DEFAULTS["fusion_drop"], drop_path_rate=RELEASED_DROP_PATH_RATE, text_dim=768,
+               text_encoder=None, fusion_layer=MODEL_DEFAULTS["fusion"], gate_layer=language_gate,
                checkpoint_activations=False, no_target_head=False):
     """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
     (then the text width is its `config.hidden_size`).
@@ -107,24 +115,31 @@ def parse_fusion_heads(mha, num_stages=4):
     except ValueError:
         heads = []
     if len(heads) != num_stages or min(heads) < 1:
-        raise ValueError(f"--mha '{mha}' must give {num_stages} positive head counts joined by '-', e.g. '4-4-4-4'")
+        raise UserInputError(f"--mha '{mha}' must give {num_stages} positive head counts joined by '-', e.g. '4-4-4-4'")
     return heads
 
 
+def _option(args, name):
+    """`args.<name>`, or the released default for args that predate the option (e.g. a released checkpoint's)."""
+    return getattr(args, name, MODEL_DEFAULTS[name])
+
+
 def _backbone_options(pretrained, args):
-    swin_type = getattr(args, "swin_type", "base")
+    swin_type = _option(args, "swin_type")
     if swin_type not in SWIN_CONFIGS:
-        raise ValueError(f"--swin_type '{swin_type}' is unknown; choose one of {sorted(SWIN_CONFIGS)}")
+        raise UserInputError(f"--swin_type '{swin_type}' is unknown; choose one of {sorted(SWIN_CONFIGS)}")
     embed_dim, depths, num_heads = SWIN_CONFIGS[swin_type]
-    window_size = 12 if getattr(args, "window12", False) or "window12" in os.path.basename(pretrained or "") else 7
-    if getattr(args, "window_size", None):
+    # As in the original: "window12" anywhere in the weights path (a folder name counts too).
+    window_size = 12 if _option(args, "window12") or "window12" in (pretrained or "") else 7
+    if _option(args, "window_size"):
         window_size = int(args.window_size)
     return dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
-                fusion_heads=parse_fusion_heads(getattr(args, "mha", "")),
-                fusion_drop=getattr(args, "fusion_drop", 0.0),
-                drop_path_rate=getattr(args, "drop_path_rate", 0.3),
-                fusion_layer=getattr(args, "fusion", "pwam"),
-                no_target_head=getattr(args, "no_target_head", False))
+                fusion_heads=parse_fusion_heads(_option(args, "mha")),
+                fusion_drop=_option(args, "fusion_drop"),
+                drop_path_rate=_option(args, "drop_path_rate"),
+                fusion_layer=_option(args, "fusion"),
+                checkpoint_activations=_option(args, "checkpoint_activations"),
+                no_target_head=_option(args, "no_target_head"))
 
 
 def _load_swin(model, pretrained):
