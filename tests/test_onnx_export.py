@@ -5,6 +5,7 @@ One export of a nano LAVT with a small random BERT and the no-target head (about
 Needs the optional packages onnx, onnxscript and onnxruntime (requirements-dev.txt).
 """
 import argparse
+import copy
 import importlib.util
 import os
 
@@ -95,3 +96,51 @@ def test_missing_optional_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", without_onnxruntime)
     with pytest.raises(UserInputError, match="optional package 'onnxruntime'.*pip install"):
         onnx_export.require_onnx()
+
+
+# The README's "without this repository" recipe (keep the two in step): numpy, pillow, onnxruntime
+# and a WordPiece tokenizer only.
+def readme_recipe(session, tokenizer, path, sentences, size):
+    from PIL import Image, ImageOps
+
+    photo = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    pixels = np.asarray(photo.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+    pixels = (pixels - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    ids = np.zeros((len(sentences), 20), np.int64)
+    for row, sentence in enumerate(sentences):
+        kept = tokenizer(sentence)["input_ids"][:20]  # [CLS] words [SEP], the first 20 ids
+        ids[row, :len(kept)] = kept
+    images = np.repeat(pixels.transpose(2, 0, 1)[None], len(sentences), axis=0)
+    logits = session.run(["logits"], {"image": images, "input_ids": ids,
+                                      "attention_mask": (ids != 0).astype(np.int64)})[0]
+    # Back to the photo's size: bilinear with corners aligned, then the argmax.
+    ys, xs = np.linspace(0, size - 1, photo.height), np.linspace(0, size - 1, photo.width)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, size - 1), np.minimum(x0 + 1, size - 1)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = logits[:, :, y0][..., x0] * (1 - wx) + logits[:, :, y0][..., x1] * wx
+    bottom = logits[:, :, y1][..., x0] * (1 - wx) + logits[:, :, y1][..., x1] * wx
+    return (top * (1 - wy) + bottom * wy).argmax(1).astype(bool)  # (n, height, width)
+
+
+def test_readme_recipe_gives_the_predictor_masks(exported):
+    from transformers import BertTokenizerFast
+
+    from bert import resolve_text_model
+    from lib.predictor import Predictor
+
+    model, root = exported
+    session = onnx_export.onnx_session(root / "m.onnx")
+    tokenizer = BertTokenizerFast.from_pretrained(resolve_text_model("minilm"))
+    predictor = Predictor(copy.deepcopy(model), load_tokenizer("minilm"), 64)  # it caches text features
+    images = os.path.join(REPO, "tests", "fixtures", "refer_fixture", "images", "mscoco", "images", "train2014")
+    sentences = ["the man on the left", "a red car", "the bowl"]
+    for name in sorted(os.listdir(images))[:3]:
+        ours = readme_recipe(session, tokenizer, os.path.join(images, name), sentences, 64)
+        expected = predictor.predict(os.path.join(images, name), sentences)
+        assert ours.shape == (3, *expected[0].mask.shape)
+        for mask, prediction in zip(ours, expected):
+            # Pixels where the bilinear resize lands on a tie (p = 0.5 to float precision) may go either way.
+            decided = np.abs(prediction.probability - 0.5) > 1e-4
+            assert np.array_equal(mask[decided], prediction.mask[decided]), name
+            assert decided.mean() > 0.99

@@ -89,7 +89,11 @@ def test_masks_equal_the_evaluation_path(lavt_checkpoint, predictor, split):
         for j, prediction in enumerate(predictor.predict(path, sentences)):
             expected = collector.masks[index, j]
             assert prediction.expression == sentences[j] and prediction.mask.shape == expected.shape
-            assert np.array_equal(prediction.mask, expected), (index, j)
+            # Batches differ (objects vs one image's sentences), so logits may differ in the last bits:
+            # only a pixel on a tie (p = 0.5 to float precision) may go either way.
+            decided = np.abs(prediction.probability - 0.5) > 1e-4
+            assert np.array_equal(prediction.mask[decided], expected[decided]), (index, j)
+            assert decided.mean() > 0.99
             foreground.append(expected.mean())
     assert 0 < np.mean(foreground) < 1  # the comparison is not between empty (or full) masks
 
