@@ -16,9 +16,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 import cli
-from lib.architecture import OVERRIDABLE
+from lib.architecture import OVERRIDABLE, add_override_arguments
 from lib.predictor import Predictor, open_image
-from lib.segmentation import SWIN_CONFIGS
 
 # Outline colours; each overlay uses the one farthest from the object's mean colour.
 OUTLINE_COLOURS = np.array([[0, 255, 255], [255, 0, 255], [255, 255, 0], [0, 255, 0], [255, 0, 0], [0, 0, 255]],
@@ -27,24 +26,14 @@ OUTSIDE_BRIGHTNESS = 0.35
 
 
 def get_demo_parser():
-    parser = argparse.ArgumentParser(description="LAVT demo: image + expression(s) -> mask and overlay PNGs",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description="LAVT demo: image + expression(s) -> mask and overlay PNGs")
     parser.add_argument("--resume", required=True, help="the checkpoint (.pth): ours or a released LAVT one")
     parser.add_argument("--image", required=True, help="the image file to segment (any format PIL reads)")
     parser.add_argument("--sentence", nargs="+", required=True, help="one or more referring expressions")
-    parser.add_argument("--out-dir", default="demo_outputs", dest="out_dir", help="where the PNGs are written")
-    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (falls back to cpu without CUDA)")
-    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (fp16: CUDA)")
-    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
-    group.add_argument("--model", choices=["lavt", "lavt_one"])
-    group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
-    group.add_argument("--window12", action="store_true", default=None)
-    group.add_argument("--window-size", type=int, dest="window_size")
-    group.add_argument("--mha", help="fusion heads per stage, e.g. 4-4-4-4")
-    group.add_argument("--fusion")
-    group.add_argument("--ck_bert", help="text encoder: Hugging Face name, local directory, or 'minilm'")
-    group.add_argument("--bert_tokenizer")
-    group.add_argument("--img_size", type=int, help="input size (default: the training size in the checkpoint)")
+    parser.add_argument("--out-dir", default="demo_outputs", dest="out_dir", help="where the PNGs are written (default: demo_outputs)")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu; cuda falls back to cpu without CUDA")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (default off; fp16 needs CUDA)")
+    add_override_arguments(parser)
     return parser
 
 

@@ -32,7 +32,7 @@ from .checkpoint import (
 from .referring_model import build_model
 from .segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
 
-__all__ = ["infer_model_args", "load_inferred_model", "OVERRIDABLE"]
+__all__ = ["infer_model_args", "load_inferred_model", "add_override_arguments", "OVERRIDABLE"]
 
 # Options an override may set; the ones read off the shapes are checked against them.
 OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "ck_bert", "bert_tokenizer",
@@ -156,3 +156,18 @@ def load_inferred_model(path, **overrides):
     model = build_model(args, pretrained=False)
     load_lavt_checkpoint(model.model, checkpoint, bert_model=model.bert_model, source=source)
     return model.eval(), args
+
+
+def add_override_arguments(parser):
+    """The command-line flags of `OVERRIDABLE` (default None: read from the checkpoint), as a group."""
+    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
+    group.add_argument("--model", choices=["lavt", "lavt_one"])
+    group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
+    group.add_argument("--window12", action="store_true", default=None)
+    group.add_argument("--window-size", type=int, dest="window_size")
+    group.add_argument("--mha", help="fusion heads per stage, e.g. 4-4-4-4")
+    group.add_argument("--fusion")
+    group.add_argument("--ck_bert", help="text encoder: Hugging Face name, local directory, or 'minilm'")
+    group.add_argument("--bert_tokenizer")
+    group.add_argument("--img_size", type=int, help="input size (default: the training size in the checkpoint)")
+    return group

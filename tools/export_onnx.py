@@ -18,9 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cli  # noqa: E402
 from bert import load_tokenizer  # noqa: E402
 from errors import UserInputError  # noqa: E402
-from lib.architecture import OVERRIDABLE, load_inferred_model  # noqa: E402
+from lib.architecture import OVERRIDABLE, add_override_arguments, load_inferred_model  # noqa: E402
 from lib.onnx_export import compare_with_pytorch, export_onnx, onnx_session, require_onnx, sample_inputs  # noqa: E402
-from lib.segmentation import SWIN_CONFIGS  # noqa: E402
 
 
 def get_parser():
@@ -30,16 +29,7 @@ def get_parser():
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted |logit difference| (default 1e-3)")
     parser.add_argument("--no-verify", action="store_true", dest="no_verify", help="skip the onnxruntime check")
-    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
-    group.add_argument("--model", choices=["lavt", "lavt_one"])
-    group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
-    group.add_argument("--window12", action="store_true", default=None)
-    group.add_argument("--window-size", type=int, dest="window_size")
-    group.add_argument("--mha")
-    group.add_argument("--fusion")
-    group.add_argument("--ck_bert")
-    group.add_argument("--bert_tokenizer")
-    group.add_argument("--img_size", type=int, help="the (fixed) input size of the graph (default: the training size)")
+    add_override_arguments(parser)
     return parser
 
 
