@@ -11,7 +11,8 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     out = tmp_path / "qs"
     cmd = [sys.executable, "tools/quickstart.py", "--out", str(out), "--num-images", "40", "--gen-img-size", "64",
            "--epochs", "2", "--batch-size", "8"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    # One thread: on a loaded 2-core machine, two spin-waiting threads made this run 6x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
@@ -20,6 +21,19 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     assert 0 < swapped["num_samples"] <= val["num_samples"]
     assert report["swap_drop_mean_iou_points"] == round(100 * (val["mean_iou"] - swapped["mean_iou"]), 2)
     assert sum(v["num_samples"] for v in report["val_by_expression_type"].values()) == val["num_samples"]
-    for name in ("results.md", "curve.png", "overlays.png", "model_best_quickstart.pth"):
+    probes = report["probes"]
+    assert set(probes) == {"clean", "clean, swap objects", "swap", "category", "empty", "shuffle", "drop-category",
+                           "counterfactual"}
+    assert probes["clean"]["num_samples"] == val["num_samples"] and probes["swap"] == swapped
+    gap = report["probe_indicators"]["reading gap (clean - swap, same objects)"]
+    assert abs(gap - 100 * (probes["clean, swap objects"]["mean_iou"] - swapped["mean_iou"])) < 1e-9
+    assert 0 <= report["probe_indicators"]["counterfactual false-positive rate (%)"] <= 100
+    for name in ("results.md", "probes.md", "curve.png", "best_predictions.png", "worst_predictions.png",
+                 "model_best_quickstart.pth"):
         assert (out / name).stat().st_size > 0, name
+    text = (out / "results.md").read_text()
+    for expected in ("percent", "testC", "Language check: " + ("passed" if gap >= 10 else "NOT passed"),
+                     "ONE randomly drawn expression", "## Best val predictions", "## Worst val predictions",
+                     "counterfactual false-positive rate"):
+        assert expected in text, expected
     assert "Outputs in" in result.stdout

@@ -2,14 +2,14 @@
 
 1. generates the synthetic referring benchmark (`python -m data.synthetic`, REFER layout);
 2. trains a `nano` LAVT with the packaged MiniLM text encoder (`train.py`, one process);
-3. evaluates the best checkpoint on val / testA / testB / testC, and once more on val with every
-   expression swapped for the expression of a DIFFERENT object in the same image (a model that
-   reads the expression must collapse there);
-4. writes results.md / results.json, curve.png (loss and val IoU per epoch) and overlay
-   pictures of val samples (best and worst) under --out.
+3. evaluates the best checkpoint on val / testA / testB / testC, then runs the language probes of
+   tools/probes.py on val (clean, swap, category, empty, shuffle, drop-category, counterfactual):
+   a model that reads the expression must collapse when each expression is swapped for the
+   expression of a DIFFERENT object in the same image;
+4. writes results.md / results.json, probes.md, curve.png (loss and val IoU per epoch) and
+   pictures of the best and worst val predictions under --out.
 """
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 SPLITS = ("val", "testA", "testB", "testC")
+PROBES = "clean,swap,category,empty,shuffle,drop-category,counterfactual"
 # The recipe: measured on 2 CPU cores to reach its targets within the quickstart's budget.
 # At a fixed CPU budget, 64 px / window 4 / 11 epochs learned as fast per minute as 96 px / window 6
 # (batch 8 or 16) and a higher lr (1e-3) or no stochastic depth did not help (see docs/synthetic.md).
@@ -51,31 +52,7 @@ def common_flags(opts, data_root):
     return ["--device", "cpu", "--model", "lavt", "--swin_type", "nano", "--window-size", str(opts.window_size),
             "--ck_bert", "minilm", "--bert_tokenizer", "minilm", "--dataset", "synref", "--splitBy", "unc",
             "--refer_data_root", data_root, "--img_size", str(opts.img_size), "--workers", "0",
-            "--amp", opts.amp, "--seed", str(opts.seed)]
-
-
-def swapped_expressions(dataset):
-    """A copy of an eval dataset whose every object carries another object's expressions.
-
-    The other object is the next referred object of the same image (cyclically), so the image is
-    unchanged and only the words differ. Objects alone in their image are left out.
-    """
-    refer = dataset.refer
-    index_of = {ref_id: i for i, ref_id in enumerate(dataset.ref_ids)}
-    keep, ids, masks, sentences = [], [], [], []
-    for i, ref_id in enumerate(dataset.ref_ids):
-        image_refs = [r["ref_id"] for r in refer.imgToRefs[refer.Refs[ref_id]["image_id"]] if r["ref_id"] in index_of]
-        if len(image_refs) < 2:
-            continue
-        other = index_of[image_refs[(image_refs.index(ref_id) + 1) % len(image_refs)]]
-        keep.append(i)
-        ids.append(dataset.input_ids[other])
-        masks.append(dataset.attention_masks[other])
-        sentences.append(dataset.sentences[other])
-    swapped = copy.copy(dataset)
-    swapped.ref_ids = [dataset.ref_ids[i] for i in keep]
-    swapped.input_ids, swapped.attention_masks, swapped.sentences = ids, masks, sentences
-    return swapped
+            "--amp", opts.amp]
 
 
 def plot_curve(metrics_path, out_path):
@@ -100,8 +77,9 @@ def plot_curve(metrics_path, out_path):
     plt.close(fig)
 
 
-def plot_overlays(dataset, prediction_dir, out_path, count=4):
-    """Best and worst val predictions: image, expression, predicted mask, ground truth."""
+def plot_overlays(dataset, prediction_dir, out_paths, count=4):
+    """The `count` best and worst val predictions (image, expression, predicted mask, ground truth),
+    written to out_paths = (best picture, worst picture)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,9 +89,13 @@ def plot_overlays(dataset, prediction_dir, out_path, count=4):
 
     rows = [json.loads(line) for line in open(os.path.join(prediction_dir, "predictions.jsonl"))]
     rows.sort(key=lambda r: r["IoU"])
-    chosen = rows[-count:][::-1] + rows[:count]
+    for chosen, out_path in zip((rows[-count:][::-1], rows[:count]), out_paths):
+        _overlay_figure(plt, np, Image, dataset, prediction_dir, chosen, out_path)
+
+
+def _overlay_figure(plt, np, Image, dataset, prediction_dir, chosen, out_path):
     index_of = {ref_id: i for i, ref_id in enumerate(dataset.ref_ids)}
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(7.5, 2.6 * len(chosen)))
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(7.5, 2.6 * len(chosen)), squeeze=False)
     for row, axis in zip(chosen, axes):
         index = index_of[row["ref_id"]]
         info = dataset.image_info(index)
@@ -159,6 +141,14 @@ def evaluate_split(model, dataset, device, amp_dtype, prediction_dir=""):
     return metrics.summarize(records)
 
 
+SPLIT_MEANING = {
+    "val": "10% of the images, every expression type, objects like those of training",
+    "testA": "attribute expressions only (\"the small red star\")",
+    "testB": "location, relation and ordinal expressions only (\"the circle left of the red one\")",
+    "testC": "targets whose colour-shape pair never appears as a target in training (compositional)",
+}
+
+
 def markdown_table(results):
     header = "| split | samples | mean IoU | overall IoU | P@0.5 | P@0.7 | P@0.9 |\n|---|---|---|---|---|---|---|\n"
     lines = []
@@ -166,6 +156,67 @@ def markdown_table(results):
         lines.append(f"| {name} | {r['num_samples']} | {100 * r['mean_iou']:.2f} | {100 * r['overall_iou']:.2f} | "
                      f"{100 * r['precision@0.5']:.2f} | {100 * r['precision@0.7']:.2f} | {100 * r['precision@0.9']:.2f} |")
     return header + "\n".join(lines) + "\n"
+
+
+def language_verdict(report):
+    """One sentence: does the model read the words (reading gap >= 10 points of mean IoU)?"""
+    gap = report["probe_indicators"].get("reading gap (clean - swap, same objects)")
+    if gap is None:
+        return "**Language check: not measured** (no val image holds two referred objects)."
+    passed = gap >= 10
+    text = (f"**Language check: {'passed' if passed else 'NOT passed'}.** Giving each val object the expression "
+            f"of another object of the same image changes mean IoU by {-gap:+.1f} points on those objects "
+            f"(reading gap {gap:.1f}; passed means a gap of 10 points or more): ")
+    return text + ("the model segments what the words say." if passed else
+                   "the model mostly segments the same thing whatever the words say.")
+
+
+def results_markdown(report, probe_table):
+    timings = report["timings"]
+    lines = ["# Quickstart results (nano LAVT, synthetic benchmark, CPU)", "",
+             "All numbers are percent. Every expression of a split is one sample. The splits of the generated set:",
+             "", *[f"- **{split}**: {meaning}" for split, meaning in SPLIT_MEANING.items()], "",
+             markdown_table(report["results"]),
+             language_verdict(report), "",
+             "Val mean IoU by expression type: " + ", ".join(
+                 f"{k} {100 * v['mean_iou']:.2f} ({v['num_samples']} samples)"
+                 for k, v in report["val_by_expression_type"].items()) + ".", "",
+             "The last point of curve.png's val IoU differs from the val row above: during training, validation "
+             "uses ONE randomly drawn expression per object (as the released train.py does), the table EVERY "
+             "expression.", "",
+             "## Language probes on val (tools/probes.py)", "", probe_table,
+             "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
+             "## Best val predictions", "", "![best](best_predictions.png)", "",
+             "## Worst val predictions", "", "![worst](worst_predictions.png)", ""]
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(opts, out, data_root):
+    """(results per split, val by expression type, probe results, probe indicators, val dataset)."""
+    import probes
+    import torch
+
+    import cli
+    from data.dataset_refer_bert import ReferDataset
+    from lib.referring_model import load_model
+    from transforms import get_transform
+
+    checkpoint = os.path.join(out, "model_best_quickstart.pth")
+    args = probes.get_probe_parser().parse_args([*common_flags(opts, data_root), "--resume", checkpoint])
+    device = torch.device("cpu")
+    model = load_model(args, device)
+    amp_dtype = cli.amp_dtype_for(opts.amp, device)
+    results, datasets = {}, {}
+    for split in SPLITS:
+        datasets[split] = ReferDataset(args, image_transforms=get_transform(opts.img_size), split=split, eval_mode=True)
+        prediction_dir = os.path.join(out, "predictions", split) if split == "val" else ""
+        results[split] = evaluate_split(model, datasets[split], device, amp_dtype, prediction_dir)
+        print(f"{split}: mean IoU {100 * results[split]['mean_iou']:.2f}, overall IoU {100 * results[split]['overall_iou']:.2f}")
+    probe_results = probes.run_probes(model, datasets["val"], probes.parse_probes(PROBES), device, args, amp_dtype)
+    results["val, swapped expressions"] = probe_results["swap"]
+    by_type = mean_iou_by_expression_type(datasets["val"], os.path.join(out, "predictions", "val"),
+                                          os.path.join(data_root, "synref", "synthetic_scenes.json"))
+    return results, by_type, probe_results, probes.indicators(probe_results), datasets["val"]
 
 
 def main():
@@ -190,57 +241,41 @@ def main():
             os.remove(os.path.join(run_dir, stale))
     run([sys.executable, "train.py", *common_flags(opts, data_root), "--batch-size", str(opts.batch_size),
          "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay), "--loss", opts.loss,
-         "--bert-trainable-layers", "0", "--model_id", "quickstart", "--run-dir", run_dir, "--output-dir", out,
-         "--print-freq", "50"])
+         "--bert-trainable-layers", "0", "--seed", str(opts.seed), "--model_id", "quickstart", "--run-dir", run_dir,
+         "--output-dir", out, "--print-freq", "50"])
     timings["train_s"] = time.time() - t
 
-    step("3/4 evaluating the best checkpoint")
+    step("3/4 evaluating the best checkpoint, then the language probes on val")
     t = time.time()
-    import torch
-
-    import cli
-    from args import get_test_parser
-    from data.dataset_refer_bert import ReferDataset
-    from lib.referring_model import load_model
-    from transforms import get_transform
-
-    checkpoint = os.path.join(out, "model_best_quickstart.pth")
-    args = get_test_parser().parse_args([*common_flags(opts, data_root), "--resume", checkpoint])
-    device = torch.device("cpu")
-    model = load_model(args, device)
-    amp_dtype = cli.amp_dtype_for(opts.amp, device)
-    results, datasets = {}, {}
-    for split in SPLITS:
-        datasets[split] = ReferDataset(args, image_transforms=get_transform(opts.img_size), split=split, eval_mode=True)
-        prediction_dir = os.path.join(out, "predictions", split) if split == "val" else ""
-        results[split] = evaluate_split(model, datasets[split], device, amp_dtype, prediction_dir)
-        print(f"{split}: mean IoU {100 * results[split]['mean_iou']:.2f}, overall IoU {100 * results[split]['overall_iou']:.2f}")
-    swapped = swapped_expressions(datasets["val"])
-    results["val, swapped expressions"] = evaluate_split(model, swapped, device, amp_dtype)
-    by_type = mean_iou_by_expression_type(datasets["val"], os.path.join(out, "predictions", "val"),
-                                          os.path.join(data_root, "synref", "synthetic_scenes.json"))
+    results, by_type, probe_results, found, val_set = evaluate_checkpoint(opts, out, data_root)
     timings["evaluate_s"] = time.time() - t
 
     step("4/4 writing the report")
+    write_report(opts, out, run_dir, timings, started, results, by_type, probe_results, found, val_set)
+
+
+def write_report(opts, out, run_dir, timings, started, results, by_type, probe_results, found, val_set):
+    import probes
+
     plot_curve(os.path.join(run_dir, "metrics.jsonl"), os.path.join(out, "curve.png"))
-    plot_overlays(datasets["val"], os.path.join(out, "predictions", "val"), os.path.join(out, "overlays.png"))
+    plot_overlays(val_set, os.path.join(out, "predictions", "val"),
+                  (os.path.join(out, "best_predictions.png"), os.path.join(out, "worst_predictions.png")))
     timings["total_s"] = time.time() - started
     drop = 100 * (results["val"]["mean_iou"] - results["val, swapped expressions"]["mean_iou"])
     report = {"recipe": vars(opts), "results": results, "val_by_expression_type": by_type,
+              "probes": probe_results, "probe_indicators": found,
               "timings": {k: round(v, 1) for k, v in timings.items()}, "swap_drop_mean_iou_points": round(drop, 2)}
+    probe_table = probes.markdown(probe_results, found)
+    print("\nLanguage probes on val:\n" + probe_table)
     with open(os.path.join(out, "results.json"), "w") as handle:
         json.dump(report, handle, indent=2)
+    with open(os.path.join(out, "probes.md"), "w") as handle:
+        handle.write(probe_table)
     with open(os.path.join(out, "results.md"), "w") as handle:
-        handle.write("# Quickstart results (nano LAVT, synthetic benchmark, CPU)\n\n")
-        handle.write(markdown_table(results))
-        handle.write(f"\nLanguage check: swapping each val expression for another object's drops mean IoU by "
-                     f"{drop:.2f} points.\n\nVal mean IoU by expression type: "
-                     + ", ".join(f"{k} {100 * v['mean_iou']:.2f} ({v['num_samples']})" for k, v in by_type.items())
-                     + "\n\nTimings (s): "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "\n")
+        handle.write(results_markdown(report, probe_table))
     print(open(os.path.join(out, "results.md")).read())
-    print(f"Outputs in {out}: results.md, results.json, curve.png, overlays.png, predictions/val/, "
-          f"model_best_quickstart.pth, train/ (log.txt, metrics.jsonl)")
+    print(f"Outputs in {out}: results.md, results.json, probes.md, curve.png, best_predictions.png, "
+          f"worst_predictions.png, predictions/val/, model_best_quickstart.pth, train/ (log.txt, metrics.jsonl)")
 
 
 if __name__ == "__main__":
