@@ -76,6 +76,9 @@ def add_model_args(parser):
                        help="dropout rate inside the fusion modules")
     group.add_argument("--fusion", default=MODEL_DEFAULTS["fusion"], choices=sorted(FUSION_LAYERS),
                        help="pixel-word fusion module (pwam: the released one; add one in lib/fusion.py)")
+    group.add_argument("--no-target-head", action="store_true", dest="no_target_head",
+                       help="add a classifier that says 'no object matches' (generalized RIS, gRefCOCO); "
+                            "without it, an empty predicted mask means no target")
     group.add_argument("--pretrained_swin_weights", default="",
                        help="Swin classification checkpoint (official or timm format)")
     group.add_argument("--ddp_trained_weights", action="store_true",
@@ -119,6 +122,8 @@ def add_training_args(parser):
                             "image, with an empty target (data/expression_augment.py; released: 0)")
     group.add_argument("--word-mask-prob", default=0.0, type=probability, dest="word_mask_prob",
                        help="probability of replacing each word of a training expression by [MASK] (released: 0)")
+    group.add_argument("--no-target-loss-weight", default=1.0, type=float, dest="no_target_loss_weight",
+                       help="weight of the no-target head's binary cross-entropy beside the mask loss")
     group.add_argument("--seed", default=0, type=int, help="random seed (data order, sentence draws, dropout)")
     group.add_argument("--model_id", default="lavt", help="name of the run: models/<model_id>/, model_best_<model_id>.pth")
     group.add_argument("--output-dir", default="./checkpoints/", help="where model_best_<model_id>.pth is written")
@@ -147,17 +152,26 @@ def add_evaluation_args(parser):
     return group
 
 
+def add_no_target_decision_args(group):
+    group.add_argument("--no-target-pixels", default=1, type=positive_int, dest="no_target_pixels",
+                       help="without a no-target head, a predicted mask of fewer pixels means 'no target'")
+
+
 def get_train_parser():
     parser = _new_parser("Train LAVT on a REFER-format dataset")
     for add in (add_data_args, add_model_args, add_training_args, add_runtime_args):
-        add(parser)
+        group = add(parser)
+        if add is add_training_args:
+            add_no_target_decision_args(group)
     return parser
 
 
 def get_test_parser():
     parser = _new_parser("Evaluate a LAVT checkpoint on one split")
     for add in (add_data_args, add_model_args, add_evaluation_args, add_runtime_args):
-        add(parser)
+        group = add(parser)
+        if add is add_evaluation_args:
+            add_no_target_decision_args(group)
     return parser
 
 

@@ -25,6 +25,15 @@ def intersection_union(pred, target):
     return int((pred & target).sum()), int((pred | target).sum())
 
 
+def summarize_for(dataset, records):
+    """The summary a dataset is reported with: generalized (gRefCOCO) or classic (RefCOCO)."""
+    return summarize_generalized(records) if getattr(dataset, "generalized", False) else summarize(records)
+
+
+def report_for(summary):
+    return format_generalized_report(summary) if "gIoU" in summary else format_report(summary)
+
+
 def summarize(records, thresholds=PRECISION_THRESHOLDS):
     """Metrics (fractions, not percent) from per-sample records (dicts with "I" and "U")."""
     ious = [r["I"] / r["U"] if r["U"] > 0 else 0.0 for r in records]
@@ -149,6 +158,12 @@ class PredictionWriter:
         self.dataset = dataset
         os.makedirs(directory, exist_ok=True)
 
+    def iou(self, record):
+        """The sample's IoU; on generalized sets ReLA's (1 for a correctly predicted 'no target')."""
+        if getattr(self.dataset, "generalized", False):
+            return generalized_sample(record)[3]
+        return record["I"] / record["U"] if record["U"] else 0.0
+
     def mask_name(self, index, sentence_index):
         return f"ref{self.dataset.ref_ids[index]}_sent{sentence_index}.png"
 
@@ -164,6 +179,6 @@ class PredictionWriter:
                 row = {"ref_id": int(self.dataset.ref_ids[index]), "sentence_index": j,
                        "sentence": self.dataset.sentences[index][j],
                        **{k: v for k, v in record.items() if k not in ("index", "sentence_index")},
-                       "IoU": record["I"] / record["U"] if record["U"] else 0.0,
+                       "IoU": self.iou(record),
                        "mask": self.mask_name(index, j)}
                 handle.write(json.dumps(row) + "\n")

@@ -35,8 +35,8 @@ def write_results(path, args, summary, seconds):
         "checkpoint": os.path.abspath(args.resume), "model": args.model, "swin_type": args.swin_type,
         "dataset": args.dataset, "splitBy": args.splitBy, "split": args.split,
         "protocol": args.eval_protocol, "img_size": args.img_size,
-        **{key: (value * 100 if key != "num_samples" else value) for key, value in summary.items()},
-        "units": "percent", "seconds": round(seconds, 2),
+        **{key: (value * 100 if isinstance(value, float) else value) for key, value in summary.items()},
+        "units": "percent (counts as integers)", "seconds": round(seconds, 2),
     }
     with open(path, "w") as handle:
         json.dump(record, handle, indent=2)
@@ -62,10 +62,11 @@ def main(args):
                                workers=args.workers)
     started = time.time()
     with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
-        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer)
-    summary = metrics.summarize(records)
+        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
+                                  no_target_pixels=args.no_target_pixels)
+    summary = metrics.summarize_for(dataset, records)
     if utils.is_main_process():
-        print(metrics.format_report(summary))
+        print(metrics.report_for(summary))
         write_results(output, args, summary, time.time() - started)
     utils.cleanup_distributed()
 

@@ -125,15 +125,18 @@ def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, epochs):
     return int(checkpoint["epoch"]) + 1, float(checkpoint.get("best_overall_iou", -1.0))
 
 
-def log_epoch(run_dir, log_file, epoch, train_stats, val, best_oiou, seconds):
+def log_epoch(run_dir, log_file, epoch, train_stats, val, best_score, seconds):
     record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
               "val_mean_iou": val["mean_iou"], "val_overall_iou": val["overall_iou"],
-              **{f"val_{k}": v for k, v in val.items() if k.startswith("precision")},
-              "best_overall_iou": best_oiou, "epoch_time_s": round(seconds, 2)}
+              **{f"val_{k}": v for k, v in val.items() if k.startswith(("precision", "gIoU", "cIoU", "N-acc", "T-acc"))},
+              "best_overall_iou": best_score, "epoch_time_s": round(seconds, 2)}
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as handle:
         handle.write(json.dumps(record) + "\n")
-    message = (f"Epoch {epoch}: train loss {train_stats['loss']:.4f}, val mean IoU {val['mean_iou'] * 100:.2f}, "
-               f"overall IoU {val['overall_iou'] * 100:.2f} (best {best_oiou * 100:.2f}), {seconds:.0f} s")
+    shown = {name: f"{100 * val[key]:.2f}" if val.get(key) is not None else "n/a"
+             for name, key in (("mean IoU", "mean_iou"), ("overall IoU", "overall_iou"), ("cIoU", "cIoU"))}
+    message = (f"Epoch {epoch}: train loss {train_stats['loss']:.4f}, val mean IoU {shown['mean IoU']}, overall IoU "
+               f"{shown['overall IoU']}{', cIoU ' + shown['cIoU'] if 'cIoU' in val else ''} "
+               f"(best {best_score * 100:.2f}), {seconds:.0f} s")
     print(message)
     with open(log_file, "a") as handle:
         handle.write(message + "\n")
@@ -162,7 +165,7 @@ def main(args):
                                   weight_decay=args.weight_decay, amsgrad=args.amsgrad)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    criterion = build_criterion(args.loss)
+    criterion = build_criterion(args.loss, no_target_weight=args.no_target_loss_weight)
     start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args.epochs) if resume else (0, -1.0)
     if utils.is_main_process():  # only now: a run that fails while setting up leaves no empty directories
         cli.check_writable_dir(run_dir, "--run-dir")
@@ -183,10 +186,13 @@ def main(args):
         with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
             val_loader = build_eval_loader(val_set, args.eval_batch_size, one_sentence_seed=args.seed + epoch)
             records = engine.evaluate(model_without_ddp, val_loader, device, amp_dtype=amp_dtype,
-                                      print_freq=max(len(val_loader) // 4, 1), log_file=log_file)
-        val = metrics.summarize(records)
-        is_best = val["overall_iou"] > best_oiou
-        best_oiou = max(best_oiou, val["overall_iou"])
+                                      print_freq=max(len(val_loader) // 4, 1), log_file=log_file,
+                                      no_target_pixels=args.no_target_pixels)
+        val = metrics.summarize_for(val_set, records)
+        # The best checkpoint: overall IoU as released; cIoU (which counts "no target" answers) on generalized sets.
+        score = (val["cIoU"] if val_set.generalized else val["overall_iou"]) or 0.0
+        is_best = score > best_oiou
+        best_oiou = max(best_oiou, score)
         if utils.is_main_process():
             state = dict(model=model_without_ddp.model, bert_model=model_without_ddp.bert_model, optimizer=optimizer,
                          epoch=epoch, args=args, lr_scheduler=lr_scheduler, best_overall_iou=best_oiou,

@@ -115,6 +115,7 @@ def rewrite(dataset, probe, seed=0, only_ref_ids=None):
     probed = copy.copy(dataset)
     probed.ref_ids = [dataset.ref_ids[i] for i in keep]
     probed.sentences = [rewritten[i] for i in keep]
+    probed.no_target = [dataset.no_target[i] for i in keep]
     tokenizer = load_tokenizer(dataset.tokenizer_name)
     probed.input_ids, probed.attention_masks = [], []
     for sentences in probed.sentences:

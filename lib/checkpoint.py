@@ -224,6 +224,10 @@ def _mismatch_hints(provided, expected, prefix="backbone."):
     key = prefix + "layers.0.fusion.image_lang_att.f_key.0.weight"
     if key in provided and key in expected and provided[key].shape[1] != expected[key].shape[1]:
         hints.append(_text_width_hint(provided[key].shape[1], expected[key].shape[1]))
+    head_in_checkpoint = any(k.startswith("no_target_head.") for k in provided)
+    if head_in_checkpoint != any(k.startswith("no_target_head.") for k in expected):
+        hints.append("the checkpoint has a no-target head: pass --no-target-head" if head_in_checkpoint else
+                     "the checkpoint has no no-target head: drop --no-target-head")
     return hints
 
 
