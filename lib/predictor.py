@@ -100,11 +100,11 @@ class Predictor:
     """A loaded referring segmentation model: `predict(image, expressions)` -> list of `Prediction`.
 
     `model`: a `lib.referring_model.ReferringModel`; `tokenizer`: its WordPiece tokenizer;
-    `img_size`: the square input size; `amp`: None / "bf16" / "fp16" (CUDA only) autocast.
-    Prefer `Predictor.from_checkpoint`.
+    `img_size`: the square input size; `amp`: None / "bf16" / "fp16" (CUDA only) autocast;
+    `args`: the build options, kept as `predictor.args`. Prefer `Predictor.from_checkpoint`.
     """
 
-    def __init__(self, model, tokenizer, img_size, device="cpu", amp=None):
+    def __init__(self, model, tokenizer, img_size, device="cpu", amp=None, args=None):
         self.device = torch.device(device)
         if amp not in AMP_DTYPES:
             raise UserInputError(f"amp={amp!r}: choose one of None, 'bf16', 'fp16'")
@@ -115,7 +115,7 @@ class Predictor:
         self.tokenizer = tokenizer
         self.img_size = int(img_size)
         self.transform = get_transform(self.img_size)
-        self.args = None  # the build options, set by from_checkpoint
+        self.args = args
         self._cached_expressions = set()
         if model.bert_model is not None:
             model.cache_text_features()  # frozen separate BERT: features once per expression
@@ -125,9 +125,7 @@ class Predictor:
         """Load `path`; `overrides` (model, swin_type, window12, window_size, mha, fusion, ck_bert,
         bert_tokenizer, img_size) replace what the checkpoint says and must agree with its shapes."""
         model, args = load_inferred_model(path, **overrides)
-        predictor = cls(model, load_tokenizer(args.bert_tokenizer), args.img_size, device=device, amp=amp)
-        predictor.args = args
-        return predictor
+        return cls(model, load_tokenizer(args.bert_tokenizer), args.img_size, device=device, amp=amp, args=args)
 
     @torch.no_grad()
     def predict(self, image, expressions):
