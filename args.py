@@ -133,6 +133,7 @@ def add_training_args(parser):
                        help="checkpoint to resume, or 'auto' for the run directory's checkpoint_last.pth if it exists")
     group.add_argument("--eval-batch-size", default=16, type=positive_int, dest="eval_batch_size",
                        help="sentences per forward pass in the per-epoch validation")
+    add_no_target_decision_args(group)
     return group
 
 
@@ -149,6 +150,7 @@ def add_evaluation_args(parser):
     group.add_argument("--results-json", default="", dest="results_json",
                        help="metrics JSON (next to the checkpoint, named after dataset, split, protocol and size, "
                             "when not given)")
+    add_no_target_decision_args(group)
     return group
 
 
@@ -160,18 +162,14 @@ def add_no_target_decision_args(group):
 def get_train_parser():
     parser = _new_parser("Train LAVT on a REFER-format dataset")
     for add in (add_data_args, add_model_args, add_training_args, add_runtime_args):
-        group = add(parser)
-        if add is add_training_args:
-            add_no_target_decision_args(group)
+        add(parser)
     return parser
 
 
 def get_test_parser():
     parser = _new_parser("Evaluate a LAVT checkpoint on one split")
     for add in (add_data_args, add_model_args, add_evaluation_args, add_runtime_args):
-        group = add(parser)
-        if add is add_evaluation_args:
-            add_no_target_decision_args(group)
+        add(parser)
     return parser
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-import torch
-
 PACKAGED_MINILM = "minilm"
 ORIGINAL_DEFAULT = "bert-base-uncased"
 
@@ -108,36 +106,3 @@ def load_tokenizer(name_or_path: str | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_text_model(name_or_path), use_fast=True)
-
-
-class CachedFrozenTextEncoder(torch.nn.Module):
-    """A frozen text encoder that computes each distinct sentence's features once.
-
-    With the text encoder frozen (`--bert-trainable-layers 0`), its features depend only on the
-    token ids, so they are computed once per sentence (in eval mode: no dropout) and reused in
-    later epochs. Called like a `BertModel`: `encoder(input_ids, attention_mask=...)[0]` is the
-    last hidden state (B, N_l, C). `encoder` stays the plain module to save and load.
-    """
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder.eval()
-        for param in self.encoder.parameters():
-            param.requires_grad_(False)
-        self._cache = {}
-
-    def train(self, mode=True):
-        self.training = mode
-        self.encoder.eval()  # frozen: never dropout
-        return self
-
-    @torch.no_grad()
-    def forward(self, input_ids, attention_mask):
-        keys = [tuple(row) for row in torch.cat([input_ids, attention_mask], dim=1).tolist()]
-        missing = list({key: i for i, key in enumerate(keys) if key not in self._cache}.values())
-        if missing:
-            hidden = self.encoder(input_ids[missing], attention_mask=attention_mask[missing])[0]
-            for row, i in enumerate(missing):
-                self._cache[keys[i]] = hidden[row].float().cpu()
-        device = input_ids.device
-        return (torch.stack([self._cache[key] for key in keys]).to(device),)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from bert import CachedFrozenTextEncoder, load_text_config, load_tokenizer, resolve_text_model
+from bert import load_text_config, load_tokenizer, resolve_text_model
 
 
 def test_packaged_minilm_resolves_offline_with_bert_vocabulary():
@@ -26,19 +26,22 @@ def test_missing_directory_names_it_and_says_what_to_pass(tmp_path):
     assert missing in str(err.value)
 
 
-def test_cached_frozen_encoder_matches_eval_encoder_and_computes_each_sentence_once():
+def test_cached_text_features_match_the_eval_encoder_and_compute_each_sentence_once():
+    from lib.referring_model import ReferringModel
+
     torch.manual_seed(0)
     config = BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=20, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
-    encoder = BertModel(config, add_pooling_layer=False)
+    encoder = BertModel(config, add_pooling_layer=False).requires_grad_(False)
     calls = []
     encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    cached = CachedFrozenTextEncoder(encoder)
-    cached.train()  # must stay deterministic: the frozen encoder never uses dropout
+    model = ReferringModel(torch.nn.Identity(), encoder)
+    model.cache_text_features()
+    model.train()  # the separate BERT stays in eval mode: the cache never sees dropout
     ids = torch.tensor([[101, 5, 6, 102, 0], [101, 7, 102, 0, 0], [101, 5, 6, 102, 0]])
     mask = (ids > 0).long()
-    first = cached(ids, attention_mask=mask)[0]
-    second = cached(ids.flip(0), attention_mask=mask.flip(0))[0]
+    first = model.encode_text(ids, mask)
+    second = model.encode_text(ids.flip(0), mask.flip(0))
     with torch.no_grad():
         expected = encoder.eval()(ids, attention_mask=mask)[0]
     torch.testing.assert_close(first, expected)
@@ -46,7 +49,15 @@ def test_cached_frozen_encoder_matches_eval_encoder_and_computes_each_sentence_o
     # The first call encodes the two distinct sentences once; the second is served from the cache;
     # the 3-row call is the reference computation above.
     assert calls == [2, 3]
-    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_only_a_frozen_separate_encoder_can_be_cached():
+    from lib.referring_model import ReferringModel
+
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=8), add_pooling_layer=False)
+    with pytest.raises(ValueError, match="frozen"):
+        ReferringModel(torch.nn.Identity(), encoder).cache_text_features()
 
 
 def test_missing_default_encoder_is_an_error_not_a_substitution(monkeypatch):
