@@ -1,0 +1,120 @@
+"""Saying "nothing": a nano LAVT with and without the no-target head on the generalized set (issue 11).
+
+    python bench/bench_generalized.py --out runs/bench_generalized            # the measured benchmark
+    python bench/bench_generalized.py --out /tmp/bg --budget tiny             # a smoke run
+
+Generates a gRefCOCO-layout SynRef set (`python -m data.synthetic --generalized`: about 20% of the
+refs refer to nothing, 20% to several objects), trains the quickstart's nano recipe twice for the
+same number of epochs -- released model (its "no target" is an empty predicted mask) and
+`--no-target-head` (a classifier on the top stage's fused features, trained with a binary loss
+beside the mask loss) -- and scores each best checkpoint with ReLA's metrics (metrics.py:
+gIoU, cIoU, N-acc, T-acc, Pr@0.7-0.9) on val and testC (held-out colour-shape pairs). Prints one table and writes
+<out>/bench_generalized.md and .json. Aim (issue 11): with the head, N-acc >= 80 and T-acc >= 90.
+Finished steps are skipped when rerun with the same commands (see bench/training_runs.py).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import training_runs  # noqa: E402
+
+RECIPES = {"released": [], "no-target head": ["--no-target-head"]}
+BUDGETS = {
+    "standard": {"num_images": 1000, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 16,
+                 "epochs": 3, "lr": 3e-4, "amp": "bf16", "seed": 0},
+    "tiny": {"num_images": 40, "gen_img_size": 64, "img_size": 64, "window_size": 4, "batch_size": 8,
+             "epochs": 1, "lr": 3e-4, "amp": "bf16", "seed": 0},
+}
+DATASET = "gsynref"
+SPLITS = ("val", "testC")
+METRICS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.9", "mean_iou")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench_generalized", help="output directory")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
+                        help="preset of the size flags below (which override it)")
+    training_runs.add_recipe_arguments(parser, {k: None for k in BUDGETS["standard"]}, BUDGETS["standard"])
+    opts = parser.parse_args(argv)
+    for key, value in BUDGETS[opts.budget].items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, value)
+    opts.out = os.path.abspath(opts.out)
+    return opts
+
+
+def score(opts, checkpoint, split):
+    """ReLA's generalized metrics of `checkpoint` on `split` (fractions; see metrics.summarize_generalized)."""
+    import torch
+
+    import cli
+    import engine
+    import metrics
+    from args import get_test_parser
+    from data.dataset_refer_bert import ReferDataset
+    from data.evaluation import build_eval_loader
+    from lib.architecture import load_inferred_model
+    from transforms import get_transform
+
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
+    args = get_test_parser().parse_args([*training_runs.model_flags(opts.out, DATASET, opts), "--split", split])
+    model, _ = load_inferred_model(checkpoint)  # the head, if any, is read off the checkpoint
+    dataset = ReferDataset(args, image_transforms=get_transform(opts.img_size), split=split, eval_mode=True)
+    device = torch.device("cpu")
+    records = engine.evaluate(model, build_eval_loader(dataset, 32), device,
+                              amp_dtype=cli.amp_dtype_for(opts.amp, device), print_freq=10**9)
+    return metrics.summarize_generalized(records)
+
+
+def table(results):
+    names = list(results)
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, label in (("cpu_s", "train CPU seconds"), ("wall_s", "train wall seconds")):
+        lines.append(f"| {label} | " + " | ".join(f"{results[n]['train'][key]:.0f}" for n in names) + " |")
+    for split in SPLITS:
+        first = results[names[0]]["scores"][split]
+        lines.append(f"| **{split}** ({first['num_samples']} samples, {first['num_no_target_samples']} no-target) | "
+                     + " | ".join("" for _ in names) + " |")
+        for metric in METRICS:
+            values = [results[n]["scores"][split][metric] for n in names]
+            label = "mean IoU (target samples)" if metric == "mean_iou" else metric
+            lines.append(f"| {split} {label} | " + " | ".join("n/a" if v is None else f"{100 * v:.2f}" for v in values)
+                         + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    opts = parse_args()
+    print(f"==> generating {opts.num_images} generalized SynRef images", flush=True)
+    training_runs.generate(opts.out, DATASET, opts.num_images, opts.gen_img_size, opts.seed, generalized=True)
+    results = {}
+    for name, flags in RECIPES.items():  # one at a time: each training gets the whole machine
+        folder_name = name.replace(" ", "-")
+        print(f"==> {name}: training {opts.epochs} epochs {' '.join(flags)}", flush=True)
+        trained = training_runs.train(opts.out, folder_name, DATASET, opts, flags)
+        print(f"==> {name}: scoring", flush=True)
+        results[name] = {"flags": flags, "train": trained,
+                         "scores": {split: score(opts, trained["checkpoint"], split) for split in SPLITS}}
+    text = table(results)
+    head = results["no-target head"]["scores"]["val"]
+    met = (head["N-acc"] or 0) >= 0.8 and (head["T-acc"] or 0) >= 0.9
+    text += (f"\nAim (with the head, val N-acc >= 80 and T-acc >= 90): "
+             f"{'met' if met else 'not met'} (N-acc {100 * (head['N-acc'] or 0):.2f}, "
+             f"T-acc {100 * (head['T-acc'] or 0):.2f}).\n")
+    print("\n" + text)
+    with open(os.path.join(opts.out, "bench_generalized.md"), "w") as handle:
+        handle.write(f"# No-target head on the generalized SynRef set ({opts.num_images} images, "
+                     f"{opts.epochs} epochs each)\n\n{text}")
+    with open(os.path.join(opts.out, "bench_generalized.json"), "w") as handle:
+        json.dump({"settings": vars(opts), "results": results, "aim_met": met}, handle, indent=2)
+    print(f"Written: {os.path.join(opts.out, 'bench_generalized.md')} and bench_generalized.json")
+
+
+if __name__ == "__main__":
+    main()
