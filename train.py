@@ -125,6 +125,20 @@ def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, epochs):
     return int(checkpoint["epoch"]) + 1, float(checkpoint.get("best_overall_iou", -1.0))
 
 
+def validate(model, val_set, device, epoch, args, amp_dtype, log_file):
+    """(summary, score) on `val` with one seeded sentence per object, as the released per-epoch validation.
+
+    The score picks the best checkpoint: overall IoU as released; cIoU, which also counts the
+    "no target" answers, on generalized sets.
+    """
+    with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
+        loader = build_eval_loader(val_set, args.eval_batch_size, one_sentence_seed=args.seed + epoch)
+        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, print_freq=max(len(loader) // 4, 1),
+                                  log_file=log_file, no_target_pixels=args.no_target_pixels)
+    val = metrics.summarize_for(val_set, records)
+    return val, (val["cIoU"] if val_set.generalized else val["overall_iou"]) or 0.0
+
+
 def log_epoch(run_dir, log_file, epoch, train_stats, val, best_score, seconds):
     record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
               "val_mean_iou": val["mean_iou"], "val_overall_iou": val["overall_iou"],
@@ -183,14 +197,7 @@ def main(args):
             train_stats = engine.train_one_epoch(
                 model, criterion, train_loader, optimizer, lr_scheduler, device, epoch, accum_steps=args.accum_steps,
                 print_freq=args.print_freq, amp_dtype=amp_dtype, scaler=scaler, log_file=log_file)
-        with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
-            val_loader = build_eval_loader(val_set, args.eval_batch_size, one_sentence_seed=args.seed + epoch)
-            records = engine.evaluate(model_without_ddp, val_loader, device, amp_dtype=amp_dtype,
-                                      print_freq=max(len(val_loader) // 4, 1), log_file=log_file,
-                                      no_target_pixels=args.no_target_pixels)
-        val = metrics.summarize_for(val_set, records)
-        # The best checkpoint: overall IoU as released; cIoU (which counts "no target" answers) on generalized sets.
-        score = (val["cIoU"] if val_set.generalized else val["overall_iou"]) or 0.0
+        val, score = validate(model_without_ddp, val_set, device, epoch, args, amp_dtype, log_file)
         is_best = score > best_oiou
         best_oiou = max(best_oiou, score)
         if utils.is_main_process():
