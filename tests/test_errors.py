@@ -30,6 +30,16 @@ TRAIN_IMAGE = "COCO_train2014_000000777777.jpg"  # of a train object only: read 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for the in-process runs: on a loaded 2-core machine two threads spin-wait
+    (a nano training step took 10 s instead of 0.7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PARSERS = {"train.py": get_train_parser, "test.py": get_test_parser}
 
 
@@ -261,8 +271,8 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, mon
     build_criterion = lib.criterion.build_criterion
     calls = []
 
-    def build_nan_on_second_step(kind):
-        criterion = build_criterion(kind)
+    def build_nan_on_second_step(kind, **options):
+        criterion = build_criterion(kind, **options)
 
         def nan_on_second_step_of_epoch_1(outputs, target):
             calls.append(1)
