@@ -29,9 +29,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def nano_args(model="lavt", drop_path="0.0"):
+def nano_args(model="lavt", drop_path="0.0", extra=()):
     return get_train_parser().parse_args(["--model", model, "--swin_type", "nano", "--ck_bert", "minilm",
-                                          "--bert_tokenizer", "minilm", "--drop-path", drop_path])
+                                          "--bert_tokenizer", "minilm", "--drop-path", drop_path, *extra])
 
 
 def token_batch(batch_size, seed):
@@ -79,6 +79,13 @@ def test_lavt_one_inner_bert_trains_with_dropout():
     assert not torch.equal(first, second)  # what the lavt check above would see if dropout were on
     model.eval()
     assert not any(m.training for m in dropout_modules(encoder))
+
+
+def test_checkpoint_activations_flag_reaches_every_stage_of_the_built_model(lavt_model):
+    assert not any(stage.grad_checkpointing for stage in lavt_model.model.backbone.layers)
+    for variant in ("lavt", "lavt_one"):
+        model = build_model(nano_args(variant, extra=["--checkpoint-activations"]), pretrained=False)
+        assert all(stage.grad_checkpointing for stage in model.model.backbone.layers), variant
 
 
 # --------------------------------------------------------------------------- gradient accumulation
