@@ -76,7 +76,11 @@ def resolve_resume(resume, run_dir):
         last = os.path.join(run_dir, "checkpoint_last.pth")
         return last if os.path.isfile(last) else ""
     if resume:
-        require_checkpoint_file(resume, what="--resume")
+        try:
+            require_checkpoint_file(resume, what="--resume")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} To continue the run from its last checkpoint when there is one, "
+                                    "pass --resume auto.") from None
     return resume
 
 
