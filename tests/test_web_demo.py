@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
+from bert import load_tokenizer
 from errors import UserInputError
 from lib.checkpoint import save_checkpoint
 from lib.predictor import Predictor
 from lib.referring_model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPRESSIONS = ["the red block on the left", "the big square"]
 STARTUP_SECONDS = 240  # importing gradio and torch on a busy 2-core machine takes most of this
 
 
@@ -53,12 +55,29 @@ def wait_until_listening(process, port, log_path):
     pytest.fail(f"the web demo did not listen on port {port} within {STARTUP_SECONDS} s:\n{open(log_path).read()}")
 
 
+def write_blocks_image(path):
+    """Two-colour blocks, 37 x 53: not square, not the model's input size."""
+    rows, cols = np.mgrid[:37, :53]
+    blocks = ((rows // 9 + cols // 7) % 2)[..., None] == 1
+    Image.fromarray(np.where(blocks, [230, 40, 40], [30, 30, 200]).astype(np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def nano_checkpoint(tmp_path_factory):
+    """A random nano LAVT whose class-1 bias is shifted so the test image's masks are about half
+    foreground: an all-empty mask would match a wrongly placed or transposed one."""
+    root = tmp_path_factory.mktemp("web_demo")
     torch.manual_seed(0)
-    options = argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights="")
+    options = argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights="",
+                                 window_size=4, img_size=64)
     model = build_model(options)
-    path = str(tmp_path_factory.mktemp("web_demo") / "nano.pth")
+    predictions = Predictor(model, load_tokenizer("minilm"), 64).predict(write_blocks_image(str(root / "calib.png")),
+                                                                         EXPRESSIONS)
+    probability = np.concatenate([p.probability.ravel() for p in predictions]).astype(np.float64).clip(1e-12, 1 - 1e-12)
+    with torch.no_grad():
+        model.model.classifier.conv1_1.bias[1] -= float(np.median(np.log(probability / (1 - probability))))
+    path = str(root / "nano.pth")
     save_checkpoint(path, model=model.model, bert_model=model.bert_model, args=options)
     return path
 
@@ -75,10 +94,7 @@ def test_client_gets_the_predictor_masks(nano_checkpoint, tmp_path):
         pytest.skip("the optional package 'gradio' is not installed (requirements-dev.txt)")
     client_module = pytest.importorskip(
         "gradio_client", reason="the optional package 'gradio_client' is not installed (requirements-dev.txt)")
-    rng = np.random.default_rng(0)
-    image_path = str(tmp_path / "odd size.png")  # not square, not the model's input size
-    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(image_path)
-    expressions = ["the red disk on the left", "the big square"]
+    image_path, expressions = write_blocks_image(str(tmp_path / "odd size.png")), EXPRESSIONS
 
     port, log_path = free_port(), tmp_path / "server.log"
     command = [sys.executable, os.path.join(REPO, "tools", "web_demo.py"), "--resume", nano_checkpoint,
@@ -106,6 +122,7 @@ def test_client_gets_the_predictor_masks(nano_checkpoint, tmp_path):
     assert [item["caption"] for item in masks] == expressions
     assert [os.path.basename(path) for path in files] == ["odd size_0_mask.png", "odd size_1_mask.png"]
     for path, prediction in zip(files, expected):
+        assert 0 < prediction.mask.mean() < 1  # both values present, so placement is checked
         mask = np.asarray(Image.open(path))
         assert mask.shape == (37, 53)
         assert set(np.unique(mask)) <= {0, 255}

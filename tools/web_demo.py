@@ -81,11 +81,11 @@ def build_page(gr, predictor, out_dir):
                 image = gr.Image(type="filepath", label="Image")  # the uploaded file as is: EXIF, bit depth
                 text = gr.Textbox(lines=3, label="Expressions (one per line)")
                 button = gr.Button("Segment", variant="primary")
+                summary = gr.Textbox(label="Summary", lines=2)
+                files = gr.File(label="Mask PNGs", file_count="multiple")
             with gr.Column():
-                overlays = gr.Gallery(label="Overlays", format="png", columns=2)
-                masks = gr.Gallery(label="Masks", columns=4, height=200)
-        files = gr.File(label="Mask PNGs", file_count="multiple")
-        summary = gr.Textbox(label="Summary", lines=2)
+                overlays = gr.Gallery(label="Overlays", format="png", columns=3, height="auto")
+                masks = gr.Gallery(label="Masks", columns=4, height="auto")
         button.click(run, [image, text], [overlays, masks, files, summary], api_name="segment")
     return page
 
