@@ -3,7 +3,7 @@
 Starts the demo on 127.0.0.1 in a subprocess (a nano LAVT with random weights), uploads a small
 image with two expressions and compares the downloaded mask PNGs with `Predictor.predict` on the
 same file. The server test needs the optional packages gradio and gradio_client
-(requirements-dev.txt) and is skipped, naming the missing one, without them.
+(requirements-demo.txt, not installed by make setup) and is skipped, naming the missing one, without them.
 """
 import argparse
 import importlib.util
@@ -85,15 +85,15 @@ def nano_checkpoint(tmp_path_factory):
 def test_missing_gradio_is_named(monkeypatch):
     tool = web_demo_tool()
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
-    with pytest.raises(UserInputError, match="optional package 'gradio'.*pip install gradio"):
+    with pytest.raises(UserInputError, match="optional package 'gradio'.*requirements-demo.txt"):
         tool.require_gradio()
 
 
 def test_client_gets_the_predictor_masks(nano_checkpoint, tmp_path):
     if importlib.util.find_spec("gradio") is None:
-        pytest.skip("the optional package 'gradio' is not installed (requirements-dev.txt)")
+        pytest.skip("the optional package 'gradio' is not installed (pip install -r requirements-demo.txt)")
     client_module = pytest.importorskip(
-        "gradio_client", reason="the optional package 'gradio_client' is not installed (requirements-dev.txt)")
+        "gradio_client", reason="the optional package 'gradio_client' is not installed (pip install -r requirements-demo.txt)")
     image_path, expressions = write_blocks_image(str(tmp_path / "odd size.png")), EXPRESSIONS
 
     port, log_path = free_port(), tmp_path / "server.log"

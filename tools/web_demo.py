@@ -7,7 +7,7 @@ Segment. Per expression the page shows the overlay (outside the mask darkened, t
 as demo_inference.py draws it) and the mask, and offers the masks as PNG files to download (0/255,
 at the image's own size, EXIF orientation applied). The architecture is read from the checkpoint.
 The page listens on --host only (127.0.0.1 by default: this machine). Needs the optional package
-gradio (requirements-dev.txt).
+gradio (`pip install -r requirements-demo.txt`; make setup does not install it).
 """
 import argparse
 import os
@@ -42,7 +42,7 @@ def require_gradio():
         import gradio
     except ImportError:
         raise UserInputError("The web demo needs the optional package 'gradio', which is not installed: "
-                             "pip install gradio (or make setup, which installs requirements-dev.txt).") from None
+                             "pip install -r requirements-demo.txt (gradio and gradio_client).") from None
     return gradio
 
 
