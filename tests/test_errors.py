@@ -27,17 +27,7 @@ FIXTURE_ROOT = os.path.join(REPO, "tests", "fixtures", "refer_fixture")
 IMAGE_DIR = os.path.join("images", "mscoco", "images", "train2014")
 TRAIN_IMAGE = "COCO_train2014_000000777777.jpg"  # of a train object only: read in epoch 0, before validation
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for the in-process runs: on a loaded 2-core machine two threads spin-wait
-    (a nano training step took 10 s instead of 0.7 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 PARSERS = {"train.py": get_train_parser, "test.py": get_test_parser}

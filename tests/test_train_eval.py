@@ -19,6 +19,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("one_thread")
 PY = sys.executable
 GENERATED_SIZE = 80  # images on disk; the model sees --img_size 64
 # Issue 13: both options under torchrun and --resume.
@@ -43,15 +44,6 @@ def synref(tmp_path_factory):
     root = tmp_path_factory.mktemp("refer_data")
     generate(str(root), dataset="synref", num_images=24, img_size=GENERATED_SIZE, seed=3)
     return str(root)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for the in-process evaluations too (see env())."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def common_flags(root):
@@ -128,20 +120,24 @@ def test_test_script_prints_and_writes_metrics(resized_val):
     assert printed == pytest.approx(record["overall_iou"], abs=0.006)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(trained, synref, tmp_path):
-    """SIGKILL in the middle of epoch 1, then --resume auto: same final parameters as no interruption."""
-    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
-    proc = subprocess.Popen(train_cmd(synref, run_dir, out_dir), cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def stop_after_first_epoch(cmd, run_dir, sig):
+    """Start `cmd`, send `sig` once epoch 0 is logged (mid-epoch 1), wait until it is gone."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and metrics.read_text().count("\n") >= 1:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "training finished before it could be stopped"
+    proc.send_signal(sig)
+    proc.wait(timeout=120)  # torchrun's agent returns once its workers are gone
+
+
+def test_resume_after_kill_matches_uninterrupted_run(trained, synref, tmp_path):
+    """SIGKILL in the middle of epoch 1, then --resume auto: same final parameters as no interruption."""
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    stop_after_first_epoch(train_cmd(synref, run_dir, out_dir), run_dir, signal.SIGKILL)
     result = run(train_cmd(synref, run_dir, out_dir, extra=["--resume", "auto"]))
     assert "continuing at epoch 1" in result.stdout
     assert_same_parameters(run_dir / "checkpoint_last.pth", trained / "run" / "checkpoint_last.pth")
@@ -238,17 +234,7 @@ def test_torchrun_resume_with_accumulation_and_checkpointing_matches_uninterrupt
     """The job stopped in epoch 1 (SIGTERM to torchrun, as a scheduler does; the agent stops both ranks),
     then --resume auto: the parameters of the uninterrupted run."""
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
-    proc = subprocess.Popen(torchrun_train_cmd(synref, run_dir, out_dir), cwd=REPO, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)  # the agent returns once its workers are gone
+    stop_after_first_epoch(torchrun_train_cmd(synref, run_dir, out_dir), run_dir, signal.SIGTERM)
     assert load_checkpoint(run_dir / "checkpoint_last.pth")["epoch"] == 0, "stopped too late"
     result = run(torchrun_train_cmd(synref, run_dir, out_dir, extra=["--resume", "auto"]))
     assert "continuing at epoch 1" in result.stdout, result.stdout[-3000:]

@@ -18,15 +18,7 @@ from lib.criterion import build_criterion
 from lib.referring_model import build_model
 
 IMG_SIZE, NUM_WORDS = 64, 20  # 64 px: the smallest size whose last stage has more than one pixel
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads can make a step 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nano_args(model="lavt", drop_path="0.0", extra=()):
