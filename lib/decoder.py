@@ -44,4 +44,4 @@ class SimpleDecoding(nn.Module):
         x = self._fuse(4, x_c4, x_c3)
         x = self._fuse(3, x, x_c2)
         x = self._fuse(2, x, x_c1)
-        return self.conv1_1(x)
+        return self.conv1_1(x).contiguous()  # channels-last inputs (bf16) give channels-last maps

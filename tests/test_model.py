@@ -78,6 +78,21 @@ def test_nano_reproduces_reference_outputs(nano_model, nano_reference, dtype, to
     assert (logits - expected["logits"].to(dtype)).abs().max() < tolerance
 
 
+def test_bf16_autocast_stays_close_to_fp32_with_channels_last_maps(nano_model, nano_reference):
+    inputs = nano_reference["inputs"]
+    args = inputs["image"], inputs["l_feats"], inputs["l_mask"]
+    with torch.no_grad():
+        fp32_features, fp32_logits = nano_model.backbone(*args), nano_model(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features, logits = nano_model.backbone(*args), nano_model(*args)
+    assert all(f.is_contiguous() for f in fp32_features)
+    # Reduced precision hands the decoder channels-last maps (its fast layout); logits come back contiguous.
+    assert all(f.dtype == torch.bfloat16 and f.is_contiguous(memory_format=torch.channels_last) for f in features)
+    assert not features[0].is_contiguous() and logits.is_contiguous()
+    torch.testing.assert_close(logits.float(), fp32_logits, atol=0.05, rtol=0)  # logits span about +-1.5
+    assert (logits.argmax(1) == fp32_logits.argmax(1)).float().mean() > 0.98
+
+
 def test_relative_position_index_values(nano_model, nano_reference):
     window = 3
     index = relative_position_index(window)
