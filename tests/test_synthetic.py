@@ -59,7 +59,10 @@ def test_files_mirror_the_refcoco_fixture_fields(synref):
     assert set(fixture_instances["images"][0]) <= set(instances["images"][0])
     assert set(instances["images"][0]) <= set(fixture_instances["images"][0]) | coco_image_extras
     assert set(instances["annotations"][0]) == set(fixture_instances["annotations"][0])
-    assert set(instances["categories"][0]) == set(fixture_instances["categories"][0])
+    # Categories add "synonyms" (the other nouns the expressions use; read by the drop-category probe).
+    assert set(instances["categories"][0]) == set(fixture_instances["categories"][0]) | {"synonyms"}
+    for category in instances["categories"]:
+        assert all(word != category["name"] for word in category["synonyms"])
     images = {im["id"]: im for im in instances["images"]}
     anns = {a["id"]: a for a in instances["annotations"]}
     image_dir = synref["root"] / "images" / "synref"
