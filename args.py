@@ -8,6 +8,7 @@ place they are written.
 """
 import argparse
 
+from lib.criterion import LOSSES
 from lib.fusion import FUSION_LAYERS
 from lib.segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
 
@@ -109,7 +110,7 @@ def add_training_args(parser):
     group.add_argument("--lr", default=0.00005, type=float, help="base learning rate")
     group.add_argument("--wd", "--weight-decay", default=1e-2, type=float, dest="weight_decay", help="weight decay")
     group.add_argument("--amsgrad", action="store_true", help="use the AMSGrad variant of AdamW")
-    group.add_argument("--loss", default="ce", choices=["ce", "dice", "ce+dice"],
+    group.add_argument("--loss", default="ce", choices=LOSSES,
                        help="ce: weighted cross-entropy of the original; dice / ce+dice: add a soft Dice loss")
     group.add_argument("--bert-trainable-layers", default=10, type=int, dest="bert_trainable_layers",
                        help="optimise BERT encoder layers 0..N-1 (original: 10); 0 freezes the text encoder")

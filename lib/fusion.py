@@ -16,6 +16,8 @@ Contracts (see docs/extending.md):
 import torch
 from torch import nn
 
+from errors import UserInputError
+
 # Name -> fusion class. `pwam` is the released LAVT module and the default everywhere.
 FUSION_LAYERS = {}
 
@@ -37,7 +39,7 @@ def get_fusion(fusion_layer):
     if callable(fusion_layer):
         return fusion_layer
     if fusion_layer not in FUSION_LAYERS:
-        raise ValueError(f"fusion '{fusion_layer}' is unknown; registered fusion layers: "
+        raise UserInputError(f"fusion '{fusion_layer}' is unknown; registered fusion layers: "
                          f"{', '.join(sorted(FUSION_LAYERS))} (add one with @register_fusion in lib/fusion.py)")
     return FUSION_LAYERS[fusion_layer]
 
