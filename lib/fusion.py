@@ -55,7 +55,7 @@ class PixelWordAttention(nn.Module):
                  num_heads=1):
         super().__init__()
         if key_channels % num_heads or value_channels % num_heads:
-            raise ValueError(f"PixelWordAttention: num_heads={num_heads} must divide key_channels={key_channels} "
+            raise UserInputError(f"PixelWordAttention: num_heads={num_heads} must divide key_channels={key_channels} "
                              f"and value_channels={value_channels}; choose fusion heads that divide the stage width")
         self.key_channels = key_channels
         self.value_channels = value_channels
