@@ -55,8 +55,8 @@ def main(args):
     model = load_model(args, device, checkpoint)
     if utils.is_main_process():
         cli.check_writable_dir(os.path.dirname(os.path.abspath(output)), "--results-json")
-        if args.save_predictions:
-            cli.check_writable_dir(args.save_predictions, "--save-predictions")
+    if args.save_predictions:  # every rank writes its own masks there
+        cli.check_writable_dir(args.save_predictions, "--save-predictions")
     writer = metrics.PredictionWriter(args.save_predictions, dataset) if args.save_predictions else None
     loader = build_eval_loader(dataset, args.eval_batch_size, original_size=args.eval_protocol == "original",
                                workers=args.workers)

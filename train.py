@@ -60,6 +60,8 @@ def build_param_groups(referring_model):
             (no_decay if name in no_decay_names else decay).append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay},
               {"params": [p for p in model.classifier.parameters() if p.requires_grad]}]
+    if model.no_target_head is not None:  # not in the released recipe: the optional no-target head
+        groups.append({"params": list(model.no_target_head.parameters())})
     text_params = [p for p in referring_model.text_encoder.parameters() if p.requires_grad]
     if text_params:
         groups.append({"params": text_params})

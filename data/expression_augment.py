@@ -25,6 +25,7 @@ import torch
 from bert import load_tokenizer
 
 from .dataset_refer_bert import tokenize_expressions
+from .probes import category_ids
 
 
 class ExpressionAugmentation(torch.utils.data.Dataset):
@@ -77,7 +78,7 @@ class ExpressionAugmentation(torch.utils.data.Dataset):
         for _ in range(self.max_tries):
             other = np.random.randint(len(self.dataset))
             ref = refs[self.dataset.ref_ids[other]]
-            if self.image_of[other] != self.image_of[index] and ref["category_id"] not in present:
+            if self.image_of[other] != self.image_of[index] and present.isdisjoint(category_ids(ref)):
                 choice = np.random.randint(len(self.dataset.input_ids[other]))
                 return self.dataset.input_ids[other][choice], self.dataset.attention_masks[other][choice]
         return None

@@ -5,7 +5,7 @@ model still gets right. They measure how much a model reads the words.
 - `swap`: the expression of another referred object of the same image (objects alone in their
   image are left out of this probe, and `clean` is also reported on the same objects);
 - `category`: the referred object's category name from instances.json (category-only baseline,
-  Cirik et al. 2018);
+  Cirik et al. 2018; on gRefCOCO the names of all referred objects, no-target refs left out);
 - `empty`: no words at all, [CLS][SEP] (image-only baseline);
 - `shuffle`: the words of the expression in a seeded random order (Akula et al. 2020);
 - `drop-category`: the expression without its category word(s): the category name's words,
@@ -57,6 +57,12 @@ def drop_category(sentence, words):
     return " ".join(w for w in _words(sentence) if re.sub(r"[^\w-]+$", "", w.lower()) not in words)
 
 
+def category_ids(ref):
+    """The referred categories of a ref: one id (REFER) or a list (gRefCOCO, where -1 means none)."""
+    ids = ref["category_id"] if isinstance(ref["category_id"], (list, tuple)) else [ref["category_id"]]
+    return [c for c in ids if c != -1]
+
+
 def _other_ref_in_image(refer, ref):
     """The next referred object of the same image (cyclically, in file order), or None."""
     refs = [r for r in refer.imgToRefs[ref["image_id"]] if r["sentences"]]
@@ -89,14 +95,16 @@ def _rewritten_sentences(dataset, probe, seed):
             new = None if other is None else [other["sentences"][j % len(other["sentences"])]["raw"]
                                               for j in range(len(sentences))]
         elif probe == "category":
-            new = [refer.Cats[ref["category_id"]]] * len(sentences)
+            names = [refer.Cats[c] for c in category_ids(ref)]
+            new = [" and ".join(names)] * len(sentences) if names else None  # no-target refs have none
         elif probe == "empty":
             new = [""] * len(sentences)
         elif probe == "shuffle":
             new = [shuffle_words(s, seed, ref_id, j) for j, s in enumerate(sentences)]
         elif probe == "drop-category":
-            category = next(c for c in refer.data["categories"] if c["id"] == ref["category_id"])
-            new = [drop_category(s, category_words(category)) for s in sentences]
+            wanted = set(category_ids(ref))
+            words = set().union(*(category_words(c) for c in refer.data["categories"] if c["id"] in wanted))
+            new = [drop_category(s, words) for s in sentences]
         else:  # counterfactual
             found = [counterfactuals.get(str(sent["sent_id"])) for sent in ref["sentences"]]
             new = found if all(found) else None

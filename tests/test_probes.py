@@ -220,3 +220,52 @@ def test_probe_tool_gives_the_same_numbers_in_one_and_two_processes(data_root, t
     clean = dataset(data_root)
     assert [r["sentence"] for r in shuffled] == [shuffle_words(s, 0, ref_id, j) for ref_id, sentences
                                                  in zip(clean.ref_ids, clean.sentences) for j, s in enumerate(sentences)]
+
+
+@pytest.fixture(scope="module")
+def generalized_root(tmp_path_factory):
+    from data.synthetic import generate_generalized
+
+    root = tmp_path_factory.mktemp("gdata")
+    generate_generalized(str(root), dataset="gsynref", num_images=12, img_size=64, seed=2)
+    return root
+
+
+def generalized_set(root, split, eval_mode=True):
+    args = argparse.Namespace(refer_data_root=str(root), dataset="gsynref", splitBy="unc", bert_tokenizer="minilm")
+    return ReferDataset(args, image_transforms=get_transform(64), split=split, eval_mode=eval_mode)
+
+
+def test_category_probes_on_generalized_sets_use_every_referred_category(generalized_root):
+    clean = generalized_set(generalized_root, "train")
+    refer = clean.refer
+    names = {c["id"]: c["name"] for c in refer.data["categories"]}
+    probed = rewrite(clean, "category")
+    expected = [r for r, no_target in zip(clean.ref_ids, clean.no_target) if not no_target]
+    assert probed.ref_ids == expected and not any(probed.no_target)  # no-target refs have no category
+    for i, ref_id in enumerate(probed.ref_ids):
+        wanted = sorted({names[c] for c in refer.Refs[ref_id]["category_id"]})
+        assert sorted(set(probed.sentences[i][0].split(" and "))) == wanted
+    dropped = rewrite(clean, "drop-category")
+    assert dropped.ref_ids == clean.ref_ids and dropped.no_target == clean.no_target
+
+
+def test_negative_expressions_work_on_generalized_sets(generalized_root):
+    os.remove(generalized_root / "gsynref" / "counterfactuals(unc).json")  # the absent-category rule
+    negatives = ExpressionAugmentation(generalized_set(generalized_root, "train", eval_mode=False), negative_prob=1.0)
+    np.random.seed(0)
+    targets = [negatives[i][1] for i in range(len(negatives))]
+    assert any(not t.any() for t in targets)
+
+
+def test_the_no_target_head_is_optimised(generalized_root):
+    from lib.referring_model import build_model
+    from train import build_param_groups
+
+    args = argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights="")
+    plain = build_model(args)
+    with_head = build_model(argparse.Namespace(**vars(args), no_target_head=True))
+    in_groups = {id(p) for group in build_param_groups(with_head) for p in group["params"]}
+    head = list(with_head.model.no_target_head.parameters())
+    assert head and all(id(p) in in_groups for p in head)
+    assert len(build_param_groups(plain)) == len(build_param_groups(with_head)) - 1  # released: 4 groups

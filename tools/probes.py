@@ -115,10 +115,14 @@ def evaluate_probe(model, dataset, probe, device, args, amp_dtype, only_ref_ids=
     writer = metrics.PredictionWriter(prediction_dir, probed) if prediction_dir else None
     loader = build_eval_loader(probed, args.eval_batch_size, original_size=args.eval_protocol == "original",
                                workers=args.workers)
-    records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer, print_freq=10**9)
-    summary = metrics.summarize(records)
-    if probe == "counterfactual":
-        summary["false_positive_rate"] = sum(r["pred_pixels"] > 0 for r in records) / max(len(records), 1)
+    records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
+                              print_freq=10**9, no_target_pixels=args.no_target_pixels)
+    summary = metrics.summarize_for(probed, records)
+    # On generalized sets mean / overall IoU are those of the target samples (gIoU etc. are kept too);
+    # a probe left with no target sample at all has nothing to measure them on.
+    summary.update({key: summary[key] or 0.0 for key in ("mean_iou", "overall_iou")})
+    if probe == "counterfactual":  # the model's own "no target" decision: its head, or an empty mask
+        summary["false_positive_rate"] = sum(not r["no_target_pred"] for r in records) / max(len(records), 1)
     return summary, probed
 
 
