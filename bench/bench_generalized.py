@@ -25,12 +25,6 @@ import training_runs  # noqa: E402
 
 RECIPES = {"released": [], "no-target head": ["--no-target-head"],
            "head, loss weight 5": ["--no-target-head", "--no-target-loss-weight", "5"]}
-BUDGETS = {
-    "standard": {"num_images": 1000, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 16,
-                 "epochs": 3, "lr": 3e-4, "amp": "bf16", "seed": 0},
-    "tiny": {"num_images": 40, "gen_img_size": 64, "img_size": 64, "window_size": 4, "batch_size": 8,
-             "epochs": 1, "lr": 3e-4, "amp": "bf16", "seed": 0},
-}
 DATASET = "gsynref"
 SPLITS = ("val", "testC")
 METRICS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.9", "mean_iou")
@@ -39,11 +33,11 @@ METRICS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.9", "mean_iou")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_generalized", help="output directory")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
+    parser.add_argument("--budget", choices=sorted(training_runs.BUDGETS), default="standard",
                         help="preset of the size flags below (which override it)")
-    training_runs.add_recipe_arguments(parser, {k: None for k in BUDGETS["standard"]}, BUDGETS["standard"])
+    training_runs.add_recipe_arguments(parser, {k: None for k in training_runs.BUDGETS["standard"]}, training_runs.BUDGETS["standard"])
     opts = parser.parse_args(argv)
-    for key, value in BUDGETS[opts.budget].items():
+    for key, value in training_runs.BUDGETS[opts.budget].items():
         if getattr(opts, key) is None:
             setattr(opts, key, value)
     opts.out = os.path.abspath(opts.out)

@@ -34,12 +34,6 @@ RECIPES = {
     "word-mask": ["--word-mask-prob", "0.15"],
     "both": ["--negative-prob", "0.3", "--word-mask-prob", "0.15"],
 }
-BUDGETS = {
-    "standard": {"num_images": 1000, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 16,
-                 "epochs": 3, "lr": 3e-4, "amp": "bf16", "seed": 0},
-    "tiny": {"num_images": 40, "gen_img_size": 64, "img_size": 64, "window_size": 4, "batch_size": 8,
-             "epochs": 1, "lr": 3e-4, "amp": "bf16", "seed": 0},
-}
 PROBES = "clean,swap,category,empty,shuffle,drop-category,counterfactual"
 DATASET = "synref"
 
@@ -47,12 +41,12 @@ DATASET = "synref"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench_language", help="output directory")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
+    parser.add_argument("--budget", choices=sorted(training_runs.BUDGETS), default="standard",
                         help="preset of the size flags below (which override it)")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
-    training_runs.add_recipe_arguments(parser, {k: None for k in BUDGETS["standard"]}, BUDGETS["standard"])
+    training_runs.add_recipe_arguments(parser, {k: None for k in training_runs.BUDGETS["standard"]}, training_runs.BUDGETS["standard"])
     opts = parser.parse_args(argv)
-    for key, value in BUDGETS[opts.budget].items():
+    for key, value in training_runs.BUDGETS[opts.budget].items():
         if getattr(opts, key) is None:
             setattr(opts, key, value)
     opts.recipes = [r.strip() for r in opts.recipes.split(",") if r.strip()]
