@@ -202,16 +202,26 @@ def describe(spec):
     return f"| {swin_type} {img_size} w{window} | {batch} | {spec['amp']} | {', '.join(options) or '-'} |"
 
 
-def print_report(device, pipeline_rows, comparison, speed_rows):
+def print_header(device):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
-    print(f"\n## GPU check: {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n")
+    print(f"\n## GPU check: {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n", flush=True)
+
+
+def print_pipeline(pipeline_rows, comparison, device):
     print("| pipeline (nano, SynRef) | wall (s) | mean IoU (%) |\n|---|---|---|")
     for row in pipeline_rows:
         print(f"| {row['mode']} | {row['wall_s']:.0f} | {row['val_mean_iou']:.1f} |")
     print(f"\n{device} vs CPU logits of the fp32 checkpoint: max |diff| {comparison['max_abs_diff']:.2e} "
-          f"(logits up to {comparison['max_abs_logit']:.1f}), argmax agreement {100 * comparison['argmax_agreement']:.3f}%")
-    print("\n| config | batch | amp | options | step (s) | images/s | peak memory (GB) |\n|---|---|---|---|---|---|---|")
-    for spec, row in speed_rows:
+          f"(logits up to {comparison['max_abs_logit']:.1f}), argmax agreement {100 * comparison['argmax_agreement']:.3f}%",
+          flush=True)
+
+
+def measure_speed(config, device):
+    """Times each configuration, printing its row as soon as it is measured (a cut-short run keeps them)."""
+    print("\n| config | batch | amp | options | step (s) | images/s | peak memory (GB) |\n|---|---|---|---|---|---|---|",
+          flush=True)
+    for spec in speed_specs(config):
+        row = time_training(spec, device, spec["steps"])
         cells = ("out of memory | - | -" if "error" in row else
                  f"{row['step_s']:.3f} | {row['images_per_s']:.1f} | {row['peak_gb']:.2f}")
         print(f"{describe(spec)} {cells} |", flush=True)
@@ -239,15 +249,16 @@ def main(argv=None):
     os.makedirs(work_dir, exist_ok=True)
     try:
         print(f"gpu_check: working in {work_dir}", flush=True)
+        print_header(device)
         pipeline_rows, checkpoint = train_and_evaluate(config, work_dir, opts)
         comparison = compare_devices(checkpoint, config, device)
-        speed_rows = [(spec, time_training(spec, device, spec["steps"])) for spec in speed_specs(config)]
-        print_report(device, pipeline_rows, comparison, speed_rows)
+        print_pipeline(pipeline_rows, comparison, device)
+        checks = verdicts(pipeline_rows, comparison)
+        print("\n" + "\n".join(f"{'ok  ' if passed else 'FAIL'} {name}" for name, passed in checks), flush=True)
+        measure_speed(config, device)
     finally:
         if not opts.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
-    checks = verdicts(pipeline_rows, comparison)
-    print("\n" + "\n".join(f"{'ok  ' if passed else 'FAIL'} {name}" for name, passed in checks))
     return 0 if all(passed for _, passed in checks) else 1
 
 

@@ -1,0 +1,195 @@
+"""Quickstart recipe search: which nano recipe learns most in the quickstart's CPU budget?
+
+    python bench/quickstart_recipes.py --measure-cost                 # CPU seconds per optimizer step of each recipe
+    python bench/quickstart_recipes.py --device cuda --parallel 8     # train + evaluate every recipe at once
+
+Each recipe is the quickstart's (tools/quickstart.py, RECIPE) with some values changed, trained by
+train.py and evaluated on val, every expression, by test.py, as the quickstart does. Learning per
+optimizer step does not depend on the device, so many recipes can train at once on one GPU and their
+val numbers carry over to the CPU; what a recipe costs on the CPU is measured separately
+(--measure-cost: optimizer steps of the same model on random data, bf16 autocast, this machine's
+threads). With --deadline-s, runs still going at the deadline are stopped and reported from the
+per-epoch val of their metrics.jsonl (one expression per object, as train.py validates).
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from quickstart import RECIPE  # noqa: E402
+
+# name -> changes to the quickstart's RECIPE (drop_path: stochastic depth; the released rate is 0.3).
+RECIPES = {
+    "quickstart": {},
+    "lr 6e-4": {"lr": 6e-4},
+    "lr 1e-3": {"lr": 1e-3},
+    "no drop-path, 12 epochs": {"drop_path": 0.0, "epochs": 12},
+    "batch 32, lr 6e-4, 14 epochs": {"batch_size": 32, "lr": 6e-4, "epochs": 14},
+    "4500 images, 6 epochs": {"num_images": 4500, "epochs": 6},
+    "96 px, window 6, 6 epochs": {"img_size": 96, "window_size": 6, "epochs": 6},
+    "batch 32, lr 1e-3, no drop-path, 16 epochs": {"batch_size": 32, "lr": 1e-3, "drop_path": 0.0, "epochs": 16},
+}
+DEFAULTS = {**RECIPE, "drop_path": 0.3}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="runs/quickstart_recipes")
+    parser.add_argument("--recipes", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--parallel", type=int, default=1, help="recipes trained at once")
+    parser.add_argument("--workers", type=int, default=2, help="data loading workers per run")
+    parser.add_argument("--deadline-s", type=float, default=0, help="stop runs still going after this many seconds")
+    parser.add_argument("--measure-cost", action="store_true", help="only time CPU optimizer steps per recipe")
+    return parser.parse_args(argv)
+
+
+def recipe(name):
+    return {**DEFAULTS, **RECIPES[name]}
+
+
+def slug(name):
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def measure_cost(names, steps=6):
+    """CPU seconds per optimizer step (random data, bf16 autocast) of each recipe's model and batch."""
+    import torch
+    import torch.nn.functional as F
+
+    from lib.segmentation import SWIN_CONFIGS, build_lavt
+
+    embed_dim, depths, heads = SWIN_CONFIGS["nano"]
+    for name in names:
+        r = recipe(name)
+        torch.manual_seed(0)
+        model = build_lavt(embed_dim, depths, heads, window_size=r["window_size"], text_dim=384,
+                           drop_path_rate=r["drop_path"]).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=r["lr"])
+        b, size = r["batch_size"], r["img_size"]
+        image, words = torch.randn(b, 3, size, size), torch.randn(b, 384, 20)
+        mask, target = torch.ones(b, 20, 1), torch.randint(0, 2, (b, size, size))
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(image, words, mask)
+            F.cross_entropy(logits.float(), target).backward()
+            optimizer.step()
+
+        step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = (time.perf_counter() - started) / steps
+        print(f"| {name} | {b} | {size} | {seconds:.3f} | {b / seconds:.0f} |", flush=True)
+
+
+def data_root(out, r):
+    return os.path.join(out, f"data_{r['num_images']}_{r['gen_img_size']}")
+
+
+def generate_all(out, names):
+    """One SynRef set per (num_images, gen_img_size), generated in parallel."""
+    jobs = {}
+    for name in names:
+        r = recipe(name)
+        root = data_root(out, r)
+        if root not in jobs and not os.path.isdir(os.path.join(root, "synref")):
+            cmd = [sys.executable, "-m", "data.synthetic", "--root", root, "--num-images", str(r["num_images"]),
+                   "--img-size", str(r["gen_img_size"]), "--seed", "0"]
+            jobs[root] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    for root, job in jobs.items():
+        if job.wait():
+            sys.exit(f"error: generating {root} failed")
+
+
+def flags(r, root, opts):
+    return ["--device", opts.device, "--model", "lavt", "--swin_type", "nano", "--window-size", str(r["window_size"]),
+            "--ck_bert", "minilm", "--bert_tokenizer", "minilm", "--dataset", "synref", "--splitBy", "unc",
+            "--refer_data_root", root, "--img_size", str(r["img_size"]), "--workers", str(opts.workers),
+            "--amp", r["amp"]]
+
+
+def train_then_test(name, out, opts):
+    """A shell command line: train.py with the recipe, then test.py on val (every expression)."""
+    r, run_dir = recipe(name), os.path.join(out, slug(name))
+    os.makedirs(run_dir, exist_ok=True)
+    common = flags(r, data_root(out, r), opts)
+    train = [sys.executable, "train.py", *common, "--batch-size", str(r["batch_size"]), "--epochs", str(r["epochs"]),
+             "--lr", str(r["lr"]), "--wd", str(r["weight_decay"]), "--loss", r["loss"], "--drop-path",
+             str(r["drop_path"]), "--bert-trainable-layers", "0", "--seed", "0", "--model_id", "recipe",
+             "--run-dir", run_dir, "--output-dir", run_dir, "--print-freq", "100"]
+    test = [sys.executable, "test.py", *common, "--resume", os.path.join(run_dir, "model_best_recipe.pth"),
+            "--split", "val", "--results-json", os.path.join(run_dir, "val.json")]
+    quote = subprocess.list2cmdline
+    return f"{quote(train)} > {run_dir}/train.log 2>&1 && {quote(test)} > {run_dir}/test.log 2>&1"
+
+
+def report(name, out, wall_s):
+    run_dir = os.path.join(out, slug(name))
+    rows = []
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    log = open(os.path.join(run_dir, "train.log")).read() if os.path.exists(os.path.join(run_dir, "train.log")) else ""
+    found = re.search(r"(\d+) optimizer steps/epoch", log)
+    steps = int(found.group(1)) * len(rows) if found else 0
+    curve = " ".join(f"{100 * row['val_mean_iou']:.1f}" for row in rows)
+    final = "-"
+    if os.path.exists(os.path.join(run_dir, "val.json")):
+        results = json.load(open(os.path.join(run_dir, "val.json")))
+        final = f"{results['mean_iou']:.1f} / {results['overall_iou']:.1f}"
+    line = f"| {name} | {len(rows)}/{recipe(name)['epochs']} | {steps} | {curve} | {final} | {wall_s:.0f} |"
+    print(line, flush=True)
+    return {"name": name, "recipe": recipe(name), "epochs_done": len(rows), "steps": steps,
+            "val_curve": [row["val_mean_iou"] for row in rows], "val_all_sentences": final, "wall_s": wall_s}
+
+
+def run_all(names, out, opts):
+    print("| recipe | epochs | optimizer steps | val mean IoU per epoch (one expression per object) | "
+          "val mean / overall IoU (every expression) | wall (s) |\n|---|---|---|---|---|---|", flush=True)
+    started, pending, running, rows = time.time(), list(names), {}, []
+    while pending or running:
+        while pending and len(running) < opts.parallel:
+            name = pending.pop(0)
+            job = subprocess.Popen(train_then_test(name, out, opts), shell=True, cwd=REPO, start_new_session=True)
+            running[name] = (job, time.time())
+        time.sleep(2)
+        late = opts.deadline_s and time.time() - started > opts.deadline_s
+        for name, (job, begun) in list(running.items()):
+            if job.poll() is not None or late:
+                if job.poll() is None:
+                    os.killpg(job.pid, signal.SIGKILL)
+                rows.append(report(name, out, time.time() - begun))
+                del running[name]
+        if late:
+            pending = []
+    with open(os.path.join(out, "recipes.json"), "w") as handle:
+        json.dump(rows, handle, indent=2)
+
+
+def main():
+    opts = parse_args()
+    names = [n.strip() for n in opts.recipes.split(",") if n.strip()] or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(RECIPES)}")
+    if opts.measure_cost:
+        print("| recipe | batch | px | CPU s / step | images/s |\n|---|---|---|---|---|")
+        return measure_cost(names)
+    out = os.path.abspath(opts.out)
+    os.makedirs(out, exist_ok=True)
+    generate_all(out, names)
+    run_all(names, out, opts)
+
+
+if __name__ == "__main__":
+    main()
