@@ -52,7 +52,7 @@ def plan(opts, device):
     return {
         "modes": ["off", "bf16"] + (["fp16"] if device.type == "cuda" else []),
         "num_images": 24 if quick else 400, "img_size": 64 if quick else 96, "window": 4 if quick else 6,
-        "batch": 8 if quick else 16, "epochs": 1 if quick else 4, "steps": 2 if quick else 20,
+        "batch": 8 if quick else 16, "epochs": 1 if quick else 6, "steps": 2 if quick else 20,
         "large": ("nano", 64, 4) if quick else ("base", 480, 12), "large_batch": 2 if quick else 8,
         "large_steps": 1 if quick else 5,
         "timeout_s": 600 if quick else 150,
@@ -85,7 +85,7 @@ def train_and_evaluate(config, work_dir, opts):
         run_dir = os.path.join(work_dir, f"run_{mode}")
         started = time.perf_counter()
         run([sys.executable, "train.py", *pipeline_flags(config, data_root, opts), "--amp", mode,
-             "--epochs", str(config["epochs"]), "-b", str(config["batch"]), "--lr", "3e-4",
+             "--epochs", str(config["epochs"]), "-b", str(config["batch"]), "--lr", "3e-4", "--loss", "ce+dice",
              "--model_id", f"gpucheck_{mode}", "--run-dir", run_dir, "--output-dir", run_dir, "--print-freq", "50"],
             config["timeout_s"], os.path.join(work_dir, f"train_{mode}.log"))
         with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
