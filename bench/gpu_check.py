@@ -1,6 +1,6 @@
 """GPU check: training and evaluation on one CUDA device in fp32, bf16 and fp16, unattended.
 
-    python bench/gpu_check.py                          # about 5 minutes on one GPU
+    python bench/gpu_check.py                          # 3.5 minutes on an H200 (2026-11-26)
     python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (no fp16)
 
 Without a CUDA device (and without --device cpu) it says so and exits with code 0.
