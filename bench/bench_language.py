@@ -3,7 +3,7 @@
     python bench/bench_language.py --out runs/bench_language            # the measured benchmark
     python bench/bench_language.py --out /tmp/bl --budget tiny          # a minute-long smoke run
 
-Generates a SynRef set (REFER layout, with counterfactuals), trains the quickstart's nano recipe
+Generates a SynRef set (REFER layout, with counterfactuals), trains the quickstart's earlier nano recipe
 (64 px, window 4, frozen MiniLM with cached features, bf16 autocast, batch 16, AdamW 3e-4, CE +
 Dice) once per training option at the same number of epochs, then evaluates each best checkpoint
 on val under every language probe (tools/probes.py: clean, swap, category, empty, shuffle,

@@ -4,13 +4,15 @@ import os
 import subprocess
 import sys
 
+from lib.checkpoint import load_checkpoint_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     out = tmp_path / "qs"
     cmd = [sys.executable, "tools/quickstart.py", "--out", str(out), "--num-images", "40", "--gen-img-size", "64",
-           "--epochs", "2", "--batch-size", "8"]
+           "--epochs", "2", "--batch-size", "8", "--drop-path", "0.1"]
     # One thread: on a loaded 2-core machine, two spin-waiting threads made this run 6x slower.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -37,3 +39,5 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
                      "counterfactual false-positive rate"):
         assert expected in text, expected
     assert "Outputs in" in result.stdout
+    checkpoint = load_checkpoint_file(str(out / "model_best_quickstart.pth"))
+    assert checkpoint["args"].drop_path_rate == 0.1 and checkpoint["args"].batch_size == 8  # the recipe reached train.py
