@@ -4,13 +4,13 @@
     python bench/quickstart_recipes.py --device cuda --parallel 8     # train + evaluate every recipe at once
 
 Each recipe is the quickstart's earlier recipe (BEFORE below) with some values changed, trained by
-train.py and evaluated on val, every expression, by test.py, as the quickstart does. The results
-are in docs/synthetic.md (Quickstart results). Learning per
-optimizer step does not depend on the device, so many recipes can train at once on one GPU and their
-val numbers carry over to the CPU; what a recipe costs on the CPU is measured separately
-(--measure-cost: optimizer steps of the same model on random data, bf16 autocast, this machine's
-threads). With --deadline-s, runs still going at the deadline are stopped and reported from the
-per-epoch val of their metrics.jsonl (one expression per object, as train.py validates).
+train.py and evaluated on val, every expression, by test.py, as the quickstart does; the results are
+in docs/synthetic.md (Quickstart results). Learning per optimizer step does not depend on the device,
+so many recipes can train at once on one GPU and their val numbers carry over to the CPU; what a
+recipe costs on the CPU is measured separately (--measure-cost: optimizer steps of the same model on
+random data, bf16 autocast, this machine's threads). With --deadline-s, runs still going at the
+deadline are stopped and reported from the per-epoch val of their metrics.jsonl (one expression per
+object, as train.py validates).
 """
 import argparse
 import json
@@ -23,13 +23,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-from quickstart import RECIPE  # noqa: E402
 
 # The quickstart's recipe before this search (2026-11-25); each candidate changes some of its values.
 # drop_path is stochastic depth (the released rate is 0.3).
-BEFORE = {**RECIPE, "epochs": 11, "batch_size": 16, "lr": 3e-4, "drop_path": 0.3}
+BEFORE = {"num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 16,
+          "epochs": 11, "lr": 3e-4, "weight_decay": 1e-2, "drop_path": 0.3, "loss": "ce+dice", "amp": "bf16"}
 RECIPES = {
     "quickstart before": {},
     "lr 6e-4": {"lr": 6e-4},
@@ -39,7 +37,7 @@ RECIPES = {
     "4500 images, 6 epochs": {"num_images": 4500, "epochs": 6},
     "96 px, window 6, 6 epochs": {"img_size": 96, "window_size": 6, "epochs": 6},
     "batch 32, lr 1e-3, no drop-path, 16 epochs": {"batch_size": 32, "lr": 1e-3, "drop_path": 0.0, "epochs": 16},
-    # second round, on the CPU
+    # second round, on the CPU (run as tools/quickstart.py with these values)
     "no drop-path, 10 epochs": {"drop_path": 0.0, "epochs": 10},
     "batch 32, lr 6e-4, no drop-path, 12 epochs": {"batch_size": 32, "lr": 6e-4, "drop_path": 0.0, "epochs": 12},
     "batch 32, lr 3e-4, no drop-path, 12 epochs": {"batch_size": 32, "drop_path": 0.0, "epochs": 12},
@@ -52,7 +50,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/quickstart_recipes")
-    parser.add_argument("--recipes", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--recipe", action="append", default=[], dest="recipes",
+                        help="a recipe name (repeat for several; default: all)")
     parser.add_argument("--parallel", type=int, default=1, help="recipes trained at once")
     parser.add_argument("--workers", type=int, default=2, help="data loading workers per run")
     parser.add_argument("--deadline-s", type=float, default=0, help="stop runs still going after this many seconds")
@@ -186,7 +185,7 @@ def run_all(names, out, opts):
 
 def main():
     opts = parse_args()
-    names = [n.strip() for n in opts.recipes.split(",") if n.strip()] or list(RECIPES)
+    names = opts.recipes or list(RECIPES)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         sys.exit(f"error: unknown recipe(s) {unknown}; known: {list(RECIPES)}")

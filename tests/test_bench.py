@@ -40,6 +40,7 @@ def load_recipes():
 def test_recipe_search_reports_partial_runs_from_their_logs(tmp_path, capsys):
     recipes = load_recipes()
     name = "no drop-path, 12 epochs"
+    assert recipes.parse_args(["--recipe", name, "--recipe", "lr 6e-4"]).recipes == [name, "lr 6e-4"]  # commas kept
     assert recipes.recipe(name)["drop_path"] == 0.0 and recipes.recipe(name)["batch_size"] == 16
     run_dir = tmp_path / recipes.slug(name)
     run_dir.mkdir()
