@@ -269,3 +269,33 @@ def test_the_no_target_head_is_optimised(generalized_root):
     head = list(with_head.model.no_target_head.parameters())
     assert head and all(id(p) in in_groups for p in head)
     assert len(build_param_groups(plain)) == len(build_param_groups(with_head)) - 1  # released: 4 groups
+
+
+def test_clean_on_the_swapped_objects_is_cut_from_the_clean_records(data_root):
+    """run_probes reuses the clean records (its own or the caller's) for "clean, swap objects"; the
+    numbers equal an evaluation of exactly the swapped objects' expressions."""
+    import importlib.util
+
+    import engine
+    import metrics
+    from data.evaluation import build_eval_loader
+    from lib.referring_model import build_model
+
+    spec = importlib.util.spec_from_file_location("probes_tool", os.path.join(REPO, "tools", "probes.py"))
+    probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probes)
+    torch.manual_seed(0)
+    model = build_model(argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights=""))
+    model.eval()
+    args = argparse.Namespace(probe_seed=0, save_predictions="", eval_batch_size=1, eval_protocol="resized",
+                              workers=0, no_target_pixels=1)
+    val = dataset(data_root, "train")  # eval mode; the one split of the fixture with an object alone in its image
+    device = torch.device("cpu")
+    results = probes.run_probes(model, val, ["swap"], device, args)  # clean is added: the gap needs it
+    swapped_objects = set(rewrite(val, "swap").ref_ids)
+    assert 0 < len(swapped_objects) < len(val.ref_ids)
+    only_those = rewrite(val, "clean", only_ref_ids=swapped_objects)
+    expected = metrics.summarize(engine.evaluate(model, build_eval_loader(only_those, 1), device, print_freq=10**9))
+    assert results["clean, swap objects"] == expected
+    clean_records = engine.evaluate(model, build_eval_loader(val, 1), device, print_freq=10**9)
+    assert probes.run_probes(model, val, ["clean", "swap"], device, args, clean_records=clean_records) == results

@@ -110,34 +110,55 @@ def bar_chart(results, path):
     plt.close(fig)
 
 
-def evaluate_probe(model, dataset, probe, device, args, amp_dtype, only_ref_ids=None, prediction_dir=""):
-    probed = rewrite(dataset, probe, seed=args.probe_seed, only_ref_ids=only_ref_ids)
+def evaluate_probe(model, dataset, probe, device, args, amp_dtype, prediction_dir=""):
+    """(summary, rewritten dataset, per-sample records) of `dataset` under `probe`."""
+    probed = rewrite(dataset, probe, seed=args.probe_seed)
     writer = metrics.PredictionWriter(prediction_dir, probed) if prediction_dir else None
     loader = build_eval_loader(probed, args.eval_batch_size, original_size=args.eval_protocol == "original",
                                workers=args.workers)
     records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
                               print_freq=10**9, no_target_pixels=args.no_target_pixels)
+    return summarize_probe(probed, probe, records), probed, records
+
+
+def summarize_probe(probed, probe, records):
     summary = metrics.summarize_for(probed, records)
     # On generalized sets mean / overall IoU are those of the target samples (gIoU etc. are kept too);
     # a probe left with no target sample at all has nothing to measure them on.
     summary.update({key: summary[key] or 0.0 for key in ("mean_iou", "overall_iou")})
     if probe == "counterfactual":  # the model's own "no target" decision: its head, or an empty mask
         summary["false_positive_rate"] = sum(not r["no_target_pred"] for r in records) / max(len(records), 1)
-    return summary, probed
+    return summary
 
 
-def run_probes(model, dataset, probes, device, args, amp_dtype=None):
-    """{probe name: summary}, plus "clean, swap objects" (clean on the swap probe's objects)."""
+def run_probes(model, dataset, probes, device, args, amp_dtype=None, clean_records=None):
+    """{probe name: summary}, plus "clean, swap objects" (clean on the swap probe's objects).
+
+    `clean_records`: engine.evaluate's records of `dataset` itself, when the caller has them; the
+    clean probe is then not evaluated again. "clean, swap objects" is cut from the clean records.
+    """
     results = {}
-    for probe in probes:
-        prediction_dir = os.path.join(args.save_predictions, probe) if args.save_predictions else ""
-        results[probe], probed = evaluate_probe(model, dataset, probe, device, args, amp_dtype,
-                                                prediction_dir=prediction_dir)
+    others = [p for p in probes if p != "clean"]
+    if "clean" in probes or "swap" in probes:  # the reading gap compares swap with clean
+        if clean_records is None:
+            results["clean"], _, clean_records = evaluate_probe(model, dataset, "clean", device, args, amp_dtype,
+                                                                prediction_dir=_prediction_dir(args, "clean"))
+        else:
+            results["clean"] = summarize_probe(dataset, "clean", clean_records)
+        print(f"clean: mean IoU {100 * results['clean']['mean_iou']:.2f}")
+    for probe in others:
+        results[probe], probed, _ = evaluate_probe(model, dataset, probe, device, args, amp_dtype,
+                                                   prediction_dir=_prediction_dir(args, probe))
         if probe == "swap":
-            results["clean, swap objects"], _ = evaluate_probe(model, dataset, "clean", device, args, amp_dtype,
-                                                               only_ref_ids=set(probed.ref_ids))
+            swapped = set(probed.ref_ids)
+            kept = [r for r in clean_records if dataset.ref_ids[r["index"]] in swapped]
+            results["clean, swap objects"] = summarize_probe(dataset, "clean", kept)
         print(f"{probe}: mean IoU {100 * results[probe]['mean_iou']:.2f}")
     return results
+
+
+def _prediction_dir(args, probe):
+    return os.path.join(args.save_predictions, probe) if args.save_predictions else ""
 
 
 def main(args):
