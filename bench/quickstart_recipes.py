@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -137,8 +138,8 @@ def train_then_test(name, out, opts):
              "--run-dir", run_dir, "--output-dir", run_dir, "--print-freq", "100"]
     test = [sys.executable, "test.py", *common, "--resume", os.path.join(run_dir, "model_best_recipe.pth"),
             "--split", "val", "--results-json", os.path.join(run_dir, "val.json")]
-    quote = subprocess.list2cmdline
-    return f"{quote(train)} > {run_dir}/train.log 2>&1 && {quote(test)} > {run_dir}/test.log 2>&1"
+    train_log, test_log = (shlex.quote(os.path.join(run_dir, name)) for name in ("train.log", "test.log"))
+    return f"{shlex.join(train)} > {train_log} 2>&1 && {shlex.join(test)} > {test_log} 2>&1"
 
 
 def report(name, out, wall_s):
@@ -175,6 +176,9 @@ def run_all(names, out, opts):
             if job.poll() is not None or late:
                 if job.poll() is None:
                     os.killpg(job.pid, signal.SIGKILL)
+                elif job.returncode:
+                    print(f"  {name}: failed (exit code {job.returncode}); see {os.path.join(out, slug(name))}",
+                          flush=True)
                 rows.append(report(name, out, time.time() - begun))
                 del running[name]
         if late:

@@ -244,10 +244,10 @@ def main():
         if os.path.exists(os.path.join(run_dir, stale)):
             os.remove(os.path.join(run_dir, stale))
     run([sys.executable, "train.py", *common_flags(opts, data_root), "--batch-size", str(opts.batch_size),
-         "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay), "--drop-path", str(opts.drop_path),
-         "--loss", opts.loss,
-         "--bert-trainable-layers", "0", "--seed", str(opts.seed), "--model_id", "quickstart", "--run-dir", run_dir,
-         "--output-dir", out, "--print-freq", "50"])
+         "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay),
+         "--drop-path", str(opts.drop_path), "--loss", opts.loss, "--bert-trainable-layers", "0",
+         "--seed", str(opts.seed), "--model_id", "quickstart", "--run-dir", run_dir, "--output-dir", out,
+         "--print-freq", "50"])
     timings["train_s"] = time.time() - t
 
     step("3/4 evaluating the best checkpoint, then the language probes on val")
