@@ -112,14 +112,12 @@ def _rewritten_sentences(dataset, probe, seed):
     return rewritten
 
 
-def rewrite(dataset, probe, seed=0, only_ref_ids=None):
-    """A copy of the eval-mode `dataset` with every expression rewritten by `probe` (restricted to
-    the objects `only_ref_ids` when given)."""
+def rewrite(dataset, probe, seed=0):
+    """A copy of the eval-mode `dataset` with every expression rewritten by `probe`."""
     if probe not in PROBES:
         raise UserInputError(f"--probes: unknown probe {probe!r}; choose from {', '.join(PROBES)}")
     rewritten = _rewritten_sentences(dataset, probe, seed)
-    keep = [i for i, sentences in enumerate(rewritten) if sentences is not None
-            and (only_ref_ids is None or dataset.ref_ids[i] in only_ref_ids)]
+    keep = [i for i, sentences in enumerate(rewritten) if sentences is not None]
     probed = copy.copy(dataset)
     probed.ref_ids = [dataset.ref_ids[i] for i in keep]
     probed.sentences = [rewritten[i] for i in keep]
