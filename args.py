@@ -108,6 +108,9 @@ def add_training_args(parser):
                             "(effective batch = batch size x processes x accum-steps)")
     group.add_argument("--epochs", default=40, type=positive_int, help="number of training epochs")
     group.add_argument("--lr", default=0.00005, type=float, help="base learning rate")
+    group.add_argument("--swin-lr-scale", default=1.0, type=probability, dest="swin_lr_scale",
+                       help="learning rate of the pretrained Swin parameters as a fraction of --lr (released: 1; "
+                            "fusion, gates and decoder keep --lr)")
     group.add_argument("--wd", "--weight-decay", default=1e-2, type=float, dest="weight_decay", help="weight decay")
     group.add_argument("--amsgrad", action="store_true", help="use the AMSGrad variant of AdamW")
     group.add_argument("--loss", default="ce", choices=LOSSES,

@@ -50,16 +50,26 @@ def freeze_text_encoder_layers(text_encoder, trainable_layers):
             param.requires_grad_(True)
 
 
-def build_param_groups(referring_model):
-    """AdamW groups of the released recipe: backbone (no decay / decay), decoder, BERT layers."""
+def build_param_groups(referring_model, swin_lr=None):
+    """AdamW groups of the released recipe: backbone (no decay / decay), decoder, BERT layers.
+
+    `swin_lr` (not released) gives the backbone's pretrained Swin parameters a learning rate of their
+    own, in two more groups; its fusion modules and gates, which start from scratch, keep the base rate.
+    """
     model = referring_model.model
     no_decay_names = set(model.backbone.no_weight_decay_parameters())
-    no_decay, decay = [], []
+    no_decay, decay, swin_no_decay, swin_decay = [], [], [], []
     for name, param in model.backbone.named_parameters():
         if param.requires_grad:
-            (no_decay if name in no_decay_names else decay).append(param)
+            swin = swin_lr is not None and ".fusion." not in name and ".res_gate." not in name
+            if name in no_decay_names:
+                (swin_no_decay if swin else no_decay).append(param)
+            else:
+                (swin_decay if swin else decay).append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay},
               {"params": [p for p in model.classifier.parameters() if p.requires_grad]}]
+    if swin_lr is not None:
+        groups += [{"params": swin_no_decay, "weight_decay": 0.0, "lr": swin_lr}, {"params": swin_decay, "lr": swin_lr}]
     if model.no_target_head is not None:  # not in the released recipe: the optional no-target head
         groups.append({"params": list(model.no_target_head.parameters())})
     text_params = [p for p in referring_model.text_encoder.parameters() if p.requires_grad]
@@ -181,7 +191,8 @@ def main(args):
     print(f"train: {len(train_set)} objects, val: {len(val_set)} objects, {steps_per_epoch} optimizer steps/epoch")
 
     model, model_without_ddp = build_training_model(args, device, world_size)
-    optimizer = torch.optim.AdamW(build_param_groups(model_without_ddp), lr=args.lr,
+    swin_lr = args.lr * args.swin_lr_scale if args.swin_lr_scale != 1.0 else None
+    optimizer = torch.optim.AdamW(build_param_groups(model_without_ddp, swin_lr), lr=args.lr,
                                   weight_decay=args.weight_decay, amsgrad=args.amsgrad)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None

@@ -195,8 +195,8 @@ class MultiModalStage(nn.Module):
             return checkpoint(module, *inputs, use_reentrant=False)
         return module(*inputs)
 
-    def forward(self, x, height, width, l_feats, l_mask):
-        """-> (fused F_i (B, H*W, C), input of the next stage (None for the last), its height, its width)."""
+    def run_blocks(self, x, height, width):
+        """The stage's Swin blocks alone: (B, H*W, C) -> (B, H*W, C)."""
         w = self.window_size
         padded_height, padded_width = -(-height // w) * w, -(-width // w) * w
         shift_mask = None
@@ -204,6 +204,11 @@ class MultiModalStage(nn.Module):
             shift_mask = shifted_window_mask(padded_height, padded_width, w, self.shift_size, x.device, x.dtype)
         for block in self.blocks:
             x = self._run(block, x, height, width, shift_mask)
+        return x
+
+    def forward(self, x, height, width, l_feats, l_mask):
+        """-> (fused F_i (B, H*W, C), input of the next stage (None for the last), its height, its width)."""
+        x = self.run_blocks(x, height, width)
         fused = self._run(self.fusion, x, l_feats, l_mask)
         if self.downsample is None:
             # The gated sum only feeds the next stage, so the last stage's `res_gate` is unused
@@ -265,6 +270,19 @@ class MultiModalSwinTransformer(nn.Module):
     def no_weight_decay_parameters(self):
         """Names of parameters that the released recipe trains without weight decay."""
         return [name for name, _ in self.named_parameters() if any(k in name for k in NO_WEIGHT_DECAY_KEYWORDS)]
+
+    def visual_features(self, image):
+        """The plain Swin, without fusion or gates (how its weights are pretrained, e.g. by
+        tools/pretrain_backbone.py): image (B, 3, H, W) -> list of `norm_i` maps (B, C_i, H_i, W_i)."""
+        x, height, width = self.patch_embed(image)
+        outputs = []
+        for i, stage in enumerate(self.layers):
+            x = stage.run_blocks(x, height, width)
+            outputs.append(getattr(self, f"norm{i}")(x).view(-1, height, width, self.num_features[i]).permute(0, 3, 1, 2))
+            if stage.downsample is not None:
+                x = stage.downsample(x, height, width)
+                height, width = (height + 1) // 2, (width + 1) // 2
+        return outputs
 
     def forward(self, image, l_feats, l_mask):
         """image (B, 3, H, W), l_feats (B, C_t, N_l), l_mask (B, N_l, 1) -> list of (B, C_i, H_i, W_i)."""

@@ -29,6 +29,7 @@ EVAL_BATCH = 64
 RECIPE = {
     "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
     "epochs": 12, "lr": 6e-4, "weight_decay": 1e-2, "drop_path": 0.0, "loss": "ce+dice", "amp": "bf16",
+    "pretrained": "pretrained_weights/swin_nano_synref.pth", "swin_lr_scale": 1.0,
 }
 
 
@@ -246,6 +247,7 @@ def main():
     run([sys.executable, "train.py", *common_flags(opts, data_root), "--batch-size", str(opts.batch_size),
          "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay),
          "--drop-path", str(opts.drop_path), "--loss", opts.loss, "--bert-trainable-layers", "0",
+         "--pretrained_swin_weights", opts.pretrained, "--swin-lr-scale", str(opts.swin_lr_scale),
          "--seed", str(opts.seed), "--model_id", "quickstart", "--run-dir", run_dir, "--output-dir", out,
          "--print-freq", "50"])
     timings["train_s"] = time.time() - t

@@ -23,8 +23,9 @@ def _random_background(rng: np.random.Generator) -> dict:
             "grain": round(float(rng.uniform(2.0, 9.0)), 2)}
 
 
-def _sample_identities(rng, count, held_out, force_held_out, distractor_prob):
-    """(shape, colour, size) triples; most objects copy the shape or colour of an earlier one."""
+def _sample_identities(rng, count, held_out, force_held_out, distractor_prob, avoid=()):
+    """(shape, colour, size) triples; most objects copy the shape or colour of an earlier one.
+    No object has a (colour, shape) pair of `avoid`: its colour is drawn again."""
     objects = []
     for index in range(count):
         if index == 0 and force_held_out:
@@ -36,6 +37,8 @@ def _sample_identities(rng, count, held_out, force_held_out, distractor_prob):
             colour = base[1] if keep in (1, 2) else list(COLOURS)[int(rng.integers(len(COLOURS)))]
         else:
             shape, colour = SHAPES[int(rng.integers(len(SHAPES)))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        while (colour, shape) in avoid:
+            colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         objects.append((shape, colour, SIZES[int(rng.integers(2))]))
     return objects
 
@@ -92,18 +95,19 @@ def _occlusion_ok(mask, colour, placed, full_masks, gap) -> bool:
 
 
 def sample_scene(rng: np.random.Generator, img_size: int, held_out: list = (), force_held_out: bool = False,
-                 distractor_prob: float = 0.8, num_objects: tuple = (2, 6)) -> tuple[dict, list, np.ndarray, list]:
+                 distractor_prob: float = 0.8, num_objects: tuple = (2, 6),
+                 avoid: tuple = ()) -> tuple[dict, list, np.ndarray, list]:
     """A random scene, checked against its own pixels.
 
     Returns `(scene, polygons, image, visible_masks)`: the scene dict (builtin types; objects in
     painting order), per object its annotation polygons (flat lists), the painted uint8 image and
     per object its visible bool mask. `force_held_out` makes the first object one of the
-    `held_out` (colour, shape) pairs. Placements whose visible masks have holes or whose polygons
+    `held_out` (colour, shape) pairs; no object has a (colour, shape) pair of `avoid`. Placements whose visible masks have holes or whose polygons
     would not decode to exactly the painted pixels are rejected and resampled.
     """
     while True:
         count = int(rng.integers(num_objects[0], num_objects[1] + 1))
-        identities = _sample_identities(rng, count, held_out, force_held_out, distractor_prob)
+        identities = _sample_identities(rng, count, held_out, force_held_out, distractor_prob, avoid)
         objects = _place(rng, identities, img_size)
         if len(objects) < 2:
             continue

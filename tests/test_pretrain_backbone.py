@@ -1,0 +1,110 @@
+"""tools/pretrain_backbone.py: scenes without testC pairs, official-layout output that
+--pretrained_swin_weights loads unchanged, and the shipped nano weights."""
+import argparse
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data.synthetic.sampling import sample_scene
+from data.synthetic.writer import HELD_OUT_DESIGN, held_out_pairs
+from lib.checkpoint import load_checkpoint_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import pretrain_backbone  # noqa: E402
+
+SHIPPED = os.path.join(REPO, "pretrained_weights", "swin_nano_synref.pth")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_held_out_pairs_are_one_design_for_every_seed():
+    for seed in (0, 3, 11):
+        pairs = held_out_pairs(np.random.default_rng(seed), 6)
+        assert pairs == list(HELD_OUT_DESIGN[:6])
+    colours, shapes = zip(*HELD_OUT_DESIGN)
+    assert len(set(colours)) == len(set(shapes)) == len(HELD_OUT_DESIGN) == 8
+
+
+def test_avoided_pairs_never_appear_in_a_scene():
+    avoid = HELD_OUT_DESIGN
+    seen = set()
+    for index in range(40):
+        scene, _, _, _ = sample_scene(np.random.default_rng([5, index]), 64, avoid=avoid)
+        pairs = {(o["colour"], o["shape"]) for o in scene["objects"]}
+        assert not pairs & set(avoid), pairs & set(avoid)
+        seen |= pairs
+    # Without `avoid`, the same streams do produce design pairs: the option is what removes them.
+    unfiltered = {(o["colour"], o["shape"]) for index in range(40)
+                  for o in sample_scene(np.random.default_rng([5, index]), 64)[0]["objects"]}
+    assert unfiltered & set(avoid)
+    assert len(seen) > 20
+
+
+def test_labels_follow_the_visible_objects():
+    image, labels = pretrain_backbone.make_scene(seed=1, index=0, gen_size=64, size=32)
+    assert image.shape == (32, 32, 3) and labels.shape == (3, 32, 32)
+    foreground = labels[0] > 0
+    assert foreground.any() and (~foreground).any()
+    # Every task labels the same pixels as object pixels.
+    assert np.array_equal(labels[1] > 0, foreground) and np.array_equal(labels[2] > 0, foreground)
+    assert labels[0].max() <= 8 and labels[1].max() <= 8 and labels[2].max() <= 2
+
+
+def test_tiny_pretraining_writes_weights_that_pretrained_swin_weights_loads(tmp_path):
+    from lib.segmentation import lavt
+
+    out = tmp_path / "swin.pth"
+    provenance = pretrain_backbone.main(["--out", str(out), "--num-images", "40", "--epochs", "2",
+                                         "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64"])
+    assert len(provenance["history"]) == 2 and set(provenance["history"][-1]["val_accuracy"]) == {"colour", "shape", "size"}
+    saved = load_checkpoint_file(str(out))
+    weights = saved["model"]
+    assert not any(".fusion." in k or ".res_gate." in k or k.endswith("relative_position_index") for k in weights)
+    options = argparse.Namespace(swin_type="nano", window_size=4, window12=False, mha="", fusion_drop=0.0,
+                                 fusion="pwam", drop_path_rate=0.0, ck_bert="minilm", checkpoint_activations=False,
+                                 no_target_head=False, pretrained_swin_weights=str(out))
+    model = lavt(str(out), options)
+    state = model.backbone.state_dict()
+    for key, value in weights.items():
+        assert torch.equal(state[key], value.float()), key
+    # The stage norms LAVT's decoder reads come from the file too, not from their initialisation.
+    assert not torch.equal(state["norm0.weight"], torch.ones_like(state["norm0.weight"]))
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    from errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--num-images"):
+        pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--num-images", "5"])
+    with pytest.raises(UserInputError, match="--epochs"):
+        pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--epochs", "0"])
+
+
+@pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="shipped weights not present")
+def test_shipped_nano_weights_record_their_provenance_and_load():
+    saved = load_checkpoint_file(SHIPPED)
+    provenance = saved["provenance"]
+    assert provenance["options"]["swin_type"] == "nano"
+    assert sorted(map(tuple, provenance["excluded_pairs"])) == sorted(HELD_OUT_DESIGN)
+    assert provenance["history"][-1]["val_accuracy"]["shape"] > 0.8
+    assert "layers.0.blocks.0.attn.qkv.weight" in saved["model"]
+
+
+def test_swin_lr_scale_slows_only_the_pretrained_swin():
+    from lib.referring_model import build_model
+    from train import build_param_groups
+
+    model = build_model(argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights=""))
+    released = build_param_groups(model)
+    assert all("lr" not in g for g in released)  # the released groups take the optimizer's rate
+    groups = build_param_groups(model, swin_lr=1e-5)
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(lr_of) == sum(len(g["params"]) for g in released)  # every parameter once, none lost
+    for name, param in model.model.backbone.named_parameters():
+        from_scratch = ".fusion." in name or ".res_gate." in name
+        assert lr_of[id(param)] == (1e-3 if from_scratch else 1e-5), name
+    assert all(lr_of[id(p)] == 1e-3 for p in model.model.classifier.parameters())
