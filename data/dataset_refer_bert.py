@@ -62,6 +62,16 @@ def load_rgb_image(path: str, what: str = "") -> Image.Image:
         ) from err
 
 
+def check_image_size(image: Image.Image, info: dict, path: str, what: str) -> None:
+    """The mask is drawn at the annotated size and both are resized to img_size, so a mismatch would
+    silently pair the image with a stretched or wrong mask."""
+    if image.size != (info["width"], info["height"]):
+        raise UserInputError(
+            f"Image '{path}' ({what}) is {image.width}x{image.height} pixels (width x height), but its entry "
+            f"{info.get('id')!r} in instances.json says {info['width']}x{info['height']}: the annotations do not "
+            "belong to this file. Fix the entry's width/height or replace the image.")
+
+
 def tokenize_expressions(tokenizer, sentences, max_tokens=20):
     """Token ids and attention masks (n, max_tokens) int64, as the released pipeline builds them.
 
@@ -200,6 +210,7 @@ class ReferDataset(data.Dataset):
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (ref {ref_id}) {DATA_SETUP_HINT}") from None
         image = load_rgb_image(path, what=f"ref {ref_id}")
+        check_image_size(image, self.image_info(index), path, f"ref {ref_id}")
         target = Image.fromarray(self.original_target(index))
         if self.image_transforms is not None:
             image, target = self.image_transforms(image, target)
