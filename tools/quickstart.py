@@ -246,7 +246,7 @@ def main():
     run([sys.executable, "train.py", *common_flags(opts, data_root), "--batch-size", str(opts.batch_size),
          "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay),
          "--drop-path", str(opts.drop_path), "--loss", opts.loss, "--bert-trainable-layers", "0",
-         "--seed", str(opts.seed), "--model_id", "quickstart", "--run-dir", run_dir, "--output-dir", out,
+         "--seed", str(opts.seed), "--model_id", "quickstart", "--overwrite", "--run-dir", run_dir, "--output-dir", out,
          "--print-freq", "50"])
     timings["train_s"] = time.time() - t
 
