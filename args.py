@@ -8,6 +8,7 @@ place they are written.
 """
 import argparse
 
+from lib import ranges
 from lib.criterion import LOSSES
 from lib.fusion import FUSION_LAYERS
 from lib.segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
@@ -25,6 +26,22 @@ def probability(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
     return value
+
+
+def nonempty(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+img_size_flag = ranges.flag_type(int, ranges.check_img_size)
+window_size_flag = ranges.flag_type(int, ranges.check_window_size)
+device_flag = ranges.flag_type(str, ranges.check_device)
+non_negative_int = ranges.flag_type(int, ranges.check_int, 0)
+seed_flag = ranges.flag_type(int, ranges.check_int, 0, ranges.MAX_SEED)
+timeout_flag = ranges.flag_type(int, ranges.check_int, 1, ranges.MAX_DIST_TIMEOUT_S)
+positive_float = ranges.flag_type(float, ranges.check_float, 0.0, None, True)
+non_negative_float = ranges.flag_type(float, ranges.check_float, 0.0)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,13 +66,13 @@ def add_data_args(parser):
     group.add_argument("--coco2017-dir", default=None, dest="coco2017_dir",
                        help="COCO 2017 train2017 folder, used when an image is missing from the train2014 folder "
                             "(found automatically under --refer_data_root when not given)")
-    group.add_argument("--img_size", default=480, type=positive_int, help="images are resized to img_size x img_size")
+    group.add_argument("--img_size", default=480, type=img_size_flag, help="images are resized to img_size x img_size")
     group.add_argument("--bert_tokenizer", default="bert-base-uncased",
                        help="tokenizer: Hugging Face name, local directory, or 'minilm' (packaged offline)")
     group.add_argument("--mask-union", action="store_true", dest="mask_union",
                        help="object = union of the annotation's polygons; the released rule (default) makes pixels "
                             "where two polygons of one object overlap background")
-    group.add_argument("-j", "--workers", default=8, type=int, help="data loading workers per process")
+    group.add_argument("-j", "--workers", default=8, type=non_negative_int, help="data loading workers per process")
     group.add_argument("--pin_mem", action="store_true", help="pin memory in the data loaders")
     return group
 
@@ -68,12 +85,12 @@ def add_model_args(parser):
                        help="Swin size; nano is this project's CPU-sized model (embed 32, depths 2-2-2-2)")
     group.add_argument("--window12", action="store_true",
                        help="Swin window 12 (implied by 'window12' in the --pretrained_swin_weights path)")
-    group.add_argument("--window-size", default=None, type=positive_int, dest="window_size",
+    group.add_argument("--window-size", default=None, type=window_size_flag, dest="window_size",
                        help="override the Swin window size (7, or 12 with --window12, when not given)")
     group.add_argument("--ck_bert", default="bert-base-uncased",
                        help="text encoder: Hugging Face name, local directory, or 'minilm' (packaged offline)")
     group.add_argument("--mha", default=MODEL_DEFAULTS["mha"], help="fusion heads per stage, e.g. 4-4-4-4 (empty: one each)")
-    group.add_argument("--fusion_drop", default=MODEL_DEFAULTS["fusion_drop"], type=float,
+    group.add_argument("--fusion_drop", default=MODEL_DEFAULTS["fusion_drop"], type=probability,
                        help="dropout rate inside the fusion modules")
     group.add_argument("--fusion", default=MODEL_DEFAULTS["fusion"], choices=sorted(FUSION_LAYERS),
                        help="pixel-word fusion module (pwam: the released one; add one in lib/fusion.py)")
@@ -84,17 +101,19 @@ def add_model_args(parser):
                        help="Swin classification checkpoint (official or timm format)")
     group.add_argument("--ddp_trained_weights", action="store_true",
                        help="accepted for compatibility: 'module.' prefixes of DDP checkpoints are stripped automatically")
+    group.add_argument("--allow-nonfinite", action="store_true", dest="allow_nonfinite",
+                       help="load a checkpoint even when some of its weights are NaN or infinite (refused otherwise)")
     return group
 
 
 def add_runtime_args(parser):
     group = parser.add_argument_group("runtime")
-    group.add_argument("--device", default="cuda:0", help="cuda, cuda:N or cpu (falls back to cpu without CUDA)")
+    group.add_argument("--device", default="cuda:0", type=device_flag, help="cuda, cuda:N or cpu (falls back to cpu without CUDA)")
     group.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                        help="mixed precision; fp16 needs CUDA (use bf16 on CPU)")
-    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=non_negative_int, default=None,
                        help="set by torch.distributed.launch; torchrun uses the LOCAL_RANK variable instead")
-    group.add_argument("--dist-timeout", default=600, type=positive_int, dest="dist_timeout",
+    group.add_argument("--dist-timeout", default=600, type=timeout_flag, dest="dist_timeout",
                        help="seconds a rank waits for the others before failing (a dead rank cannot hang the job)")
     group.add_argument("--print-freq", default=10, type=positive_int, help="log every N iterations")
     return group
@@ -107,17 +126,17 @@ def add_training_args(parser):
                        help="micro-batches whose gradients are summed before each optimizer step "
                             "(effective batch = batch size x processes x accum-steps)")
     group.add_argument("--epochs", default=40, type=positive_int, help="number of training epochs")
-    group.add_argument("--lr", default=0.00005, type=float, help="base learning rate")
+    group.add_argument("--lr", default=0.00005, type=positive_float, help="base learning rate")
     group.add_argument("--swin-lr-scale", default=1.0, type=probability, dest="swin_lr_scale",
                        help="learning rate of the pretrained Swin parameters as a fraction of --lr (released: 1; "
                             "fusion, gates and decoder keep --lr)")
-    group.add_argument("--wd", "--weight-decay", default=1e-2, type=float, dest="weight_decay", help="weight decay")
+    group.add_argument("--wd", "--weight-decay", default=1e-2, type=non_negative_float, dest="weight_decay", help="weight decay")
     group.add_argument("--amsgrad", action="store_true", help="use the AMSGrad variant of AdamW")
     group.add_argument("--loss", default="ce", choices=LOSSES,
                        help="ce: weighted cross-entropy of the original; dice / ce+dice: add a soft Dice loss")
-    group.add_argument("--bert-trainable-layers", default=10, type=int, dest="bert_trainable_layers",
+    group.add_argument("--bert-trainable-layers", default=10, type=non_negative_int, dest="bert_trainable_layers",
                        help="optimise BERT encoder layers 0..N-1 (original: 10); 0 freezes the text encoder")
-    group.add_argument("--drop-path", default=MODEL_DEFAULTS["drop_path_rate"], type=float, dest="drop_path_rate",
+    group.add_argument("--drop-path", default=MODEL_DEFAULTS["drop_path_rate"], type=probability, dest="drop_path_rate",
                        help="stochastic-depth rate of the last Swin block")
     group.add_argument("--checkpoint-activations", action="store_true", dest="checkpoint_activations",
                        help="recompute Swin blocks and fusion in the backward pass: same gradients, less memory")
@@ -126,15 +145,18 @@ def add_training_args(parser):
                             "image, with an empty target (data/expression_augment.py; released: 0)")
     group.add_argument("--word-mask-prob", default=0.0, type=probability, dest="word_mask_prob",
                        help="probability of replacing each word of a training expression by [MASK] (released: 0)")
-    group.add_argument("--no-target-loss-weight", default=1.0, type=float, dest="no_target_loss_weight",
+    group.add_argument("--no-target-loss-weight", default=1.0, type=non_negative_float, dest="no_target_loss_weight",
                        help="weight of the no-target head's binary cross-entropy beside the mask loss")
-    group.add_argument("--seed", default=0, type=int, help="random seed (data order, sentence draws, dropout)")
+    group.add_argument("--seed", default=0, type=seed_flag, help="random seed (data order, sentence draws, dropout)")
     group.add_argument("--model_id", default="lavt", help="name of the run: models/<model_id>/, model_best_<model_id>.pth")
     group.add_argument("--output-dir", default="./checkpoints/", help="where model_best_<model_id>.pth is written")
     group.add_argument("--run-dir", default=None, dest="run_dir",
                        help="log, metrics.jsonl and checkpoint_last.pth (models/<model_id> when not given)")
     group.add_argument("--resume", default="",
                        help="checkpoint to resume, or 'auto' for the run directory's checkpoint_last.pth if it exists")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start afresh even where an earlier run of this --model_id left checkpoints (they are "
+                            "replaced); without it such a run stops and asks for --resume auto or another --model_id")
     group.add_argument("--eval-batch-size", default=16, type=positive_int, dest="eval_batch_size",
                        help="sentences per forward pass in the per-epoch validation")
     add_no_target_decision_args(group)
@@ -144,7 +166,7 @@ def add_training_args(parser):
 def add_evaluation_args(parser):
     group = parser.add_argument_group("evaluation")
     group.add_argument("--resume", default="", help="the checkpoint (.pth) to evaluate")
-    group.add_argument("--split", default="test", help="evaluation split, e.g. val, testA, testB, test")
+    group.add_argument("--split", default="test", type=nonempty, help="evaluation split, e.g. val, testA, testB, test")
     group.add_argument("--eval-protocol", default="resized", choices=["resized", "original"], dest="eval_protocol",
                        help="resized: compare at img_size (released test.py); original: at each image's own size")
     group.add_argument("--eval-batch-size", default=16, type=positive_int, dest="eval_batch_size",

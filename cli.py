@@ -4,9 +4,12 @@ directories, mixed precision, and how errors reach the user.
 `run_cli(main, parser)` prints ONE `error:` line (exit code 1) for the errors this project
 raises on purpose about the user's input (`errors.UserInputError`, missing files, unreadable
 checkpoints, out of memory with advice, a diverged loss) and for a distributed peer that died;
-anything else is a bug and keeps its traceback. `LAVT_DEBUG=1` shows the traceback in every case.
+anything else is a bug and keeps its traceback. An OSError of the environment (disk full, read-only
+or forbidden directory) is one line naming the path, and Ctrl-C one line saying where to resume
+(`set_interrupt_hint`), exit code 130. `LAVT_DEBUG=1` shows the traceback in every case.
 """
 import contextlib
+import errno
 import os
 import pickle
 import sys
@@ -50,6 +53,14 @@ def check_writable_dir(path, flag):
                              f"Choose another directory with {flag}.") from err
 
 
+def check_output_file(path, flag):
+    """Before any work: `path` can be written as a file (not a directory; its folder is created)."""
+    if os.path.isdir(path):
+        raise UserInputError(f"{flag} '{path}' is a directory; pass a file name (e.g. {os.path.join(path, 'out')}"
+                             f"{os.path.splitext(path)[1] or ''}).")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
+
+
 def is_out_of_memory(err):
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
@@ -79,6 +90,24 @@ def out_of_memory_hint(batch_flag, batch_size, img_size):
 
 # Errors raised on purpose with a message for the user: printed as one line.
 USER_ERRORS = (UserInputError, FileNotFoundError, CheckpointError, pickle.UnpicklingError, FloatingPointError)
+# OSErrors that say something about the machine, not the code: printed as one line naming the path.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+_interrupt_hint = None
+
+
+def set_interrupt_hint(hint):
+    """`hint()` is the line printed when the script is stopped with Ctrl-C (e.g. where to resume)."""
+    global _interrupt_hint
+    _interrupt_hint = hint
+
+
+def _environment_line(err):
+    if not isinstance(err, OSError) or err.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    path = f" '{err.filename}'" if err.filename else ""
+    notes = "".join(f" {note}" for note in getattr(err, "__notes__", ()))
+    return (f"{err.strerror or os.strerror(err.errno)}{path}{notes}. Free space or fix the permissions (or choose "
+            "another output directory), then run again (training: with --resume auto).")
 
 PEER_FAILURE_WORDS = ("pair closure", "connection closed", "connection reset", "broken pipe", "timed out",
                       "timeout", "gloo", "nccl")
@@ -96,6 +125,8 @@ def _one_line(err):
     """The user-facing line for `err`, or None when it must keep its traceback."""
     if isinstance(err, USER_ERRORS):
         return str(err) + "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))
+    if _environment_line(err):
+        return _environment_line(err)
     if isinstance(err, RuntimeError) and _peer_failure(err):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return (f"rank {utils.get_rank()}: another process of this distributed job failed or stopped responding "
@@ -108,6 +139,11 @@ def run_cli(main, parser, argv=None):
     args = parser.parse_args(argv)
     try:
         main(args)
+    except KeyboardInterrupt:
+        if os.environ.get("LAVT_DEBUG"):
+            raise
+        sys.stderr.write(f"\nerror: {_interrupt_hint() if _interrupt_hint else 'Interrupted.'}\n")
+        sys.exit(130)
     except Exception as err:
         line = _one_line(err)
         if line is None or os.environ.get("LAVT_DEBUG"):

@@ -52,9 +52,9 @@ def main(args):
     output = results_path(args)
     dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True,
                            mask_union=args.mask_union)
-    model = load_model(args, device, checkpoint)
+    model = load_model(args, device, checkpoint, allow_nonfinite=args.allow_nonfinite)
     if utils.is_main_process():
-        cli.check_writable_dir(os.path.dirname(os.path.abspath(output)), "--results-json")
+        cli.check_output_file(output, "--results-json")
     if args.save_predictions:  # every rank writes its own masks there
         cli.check_writable_dir(args.save_predictions, "--save-predictions")
     writer = metrics.PredictionWriter(args.save_predictions, dataset) if args.save_predictions else None

@@ -26,12 +26,8 @@ from data.dataset_refer_bert import ReferDataset
 from data.evaluation import build_eval_loader
 from data.expression_augment import ExpressionAugmentation
 from errors import UserInputError
-from lib.checkpoint import (
-    load_checkpoint_file,
-    load_lavt_checkpoint,
-    require_checkpoint_file,
-    save_checkpoint,
-)
+from lib import runs
+from lib.checkpoint import CheckpointError, load_lavt_checkpoint, save_checkpoint
 from lib.criterion import build_criterion
 from lib.referring_model import build_model
 from transforms import get_transform
@@ -82,20 +78,6 @@ def poly_schedule(total_steps):
     return lambda step: max(1 - step / total_steps, 0.0) ** 0.9
 
 
-def resolve_resume(resume, run_dir):
-    """'' -> start fresh; 'auto' -> run_dir/checkpoint_last.pth when it exists; else a path that must exist."""
-    if resume == "auto":
-        last = os.path.join(run_dir, "checkpoint_last.pth")
-        return last if os.path.isfile(last) else ""
-    if resume:
-        try:
-            require_checkpoint_file(resume, what="--resume")
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err} To continue the run from its last checkpoint when there is one, "
-                                    "pass --resume auto.") from None
-    return resume
-
-
 def build_train_loader(dataset, rank, world_size, args):
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                   shuffle=True, seed=args.seed)
@@ -128,17 +110,25 @@ def build_training_model(args, device, world_size):
     return model, model_without_ddp
 
 
-def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, epochs):
+def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args, files):
     """Load a training checkpoint; returns (first epoch to run, best overall IoU so far)."""
-    checkpoint = load_checkpoint_file(resume, what="--resume")
+    checkpoint, epoch, best = runs.load_resume_checkpoint(resume, files)
+    source = f"checkpoint '{resume}' (--resume)"
     load_lavt_checkpoint(model_without_ddp.model, checkpoint, bert_model=model_without_ddp.bert_model,
-                         source=f"checkpoint '{resume}' (--resume)")
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+                         source=source, allow_nonfinite=args.allow_nonfinite)
+    for entry, target in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
+        try:
+            target.load_state_dict(checkpoint[entry])
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(f"The {source} cannot be resumed: its '{entry}' does not fit this run's "
+                                  f"({type(err).__name__}: {err}); resume with the flags it was trained with.") from None
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
-    print(f"Resumed from {resume}: continuing at epoch {int(checkpoint['epoch']) + 1} of {epochs}")
-    return int(checkpoint["epoch"]) + 1, float(checkpoint.get("best_overall_iou", -1.0))
+    if epoch + 1 >= args.epochs:
+        print(runs.finished_message(resume, epoch, args.epochs))
+    else:
+        print(f"Resumed from {resume}: continuing at epoch {epoch + 1} of {args.epochs}")
+    return epoch + 1, best
 
 
 def validate(model, val_set, device, epoch, args, amp_dtype, log_file):
@@ -178,7 +168,8 @@ def main(args):
     rank, world_size, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)
     amp_dtype = cli.amp_dtype_for(args.amp, device)
     run_dir = args.run_dir or os.path.join("models", args.model_id)
-    resume = resolve_resume(args.resume, run_dir)
+    files = runs.RunFiles(run_dir, args.output_dir, args.model_id)
+    resume = runs.prepare_run(args.resume, args.overwrite, files)
     utils.seed_everything(args.seed + rank)
 
     transform = get_transform(args.img_size)
@@ -197,10 +188,13 @@ def main(args):
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, no_target_weight=args.no_target_loss_weight)
-    start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args.epochs) if resume else (0, -1.0)
+    start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args, files) \
+        if resume else (0, -1.0)
     if utils.is_main_process():  # only now: a run that fails while setting up leaves no empty directories
         cli.check_writable_dir(run_dir, "--run-dir")
         cli.check_writable_dir(args.output_dir, "--output-dir")
+        runs.start_metrics(files, start_epoch, fresh=not resume)
+    cli.set_interrupt_hint(lambda: runs.interrupt_hint(files))
     log_file = os.path.join(run_dir, "log.txt")
 
     for epoch in range(start_epoch, args.epochs):
@@ -221,9 +215,10 @@ def main(args):
             state = dict(model=model_without_ddp.model, bert_model=model_without_ddp.bert_model, optimizer=optimizer,
                          epoch=epoch, args=args, lr_scheduler=lr_scheduler, best_overall_iou=best_oiou,
                          scaler=scaler.state_dict() if scaler is not None else {})
+            # checkpoint_last first: if it cannot be written the run stops here, before anything else changes.
+            save_checkpoint(files.last, **state)
             if is_best:
-                save_checkpoint(os.path.join(args.output_dir, f"model_best_{args.model_id}.pth"), **state)
-            save_checkpoint(os.path.join(run_dir, "checkpoint_last.pth"), **state)
+                save_checkpoint(files.best, **state)
             log_epoch(run_dir, log_file, epoch, train_stats, val, best_oiou, time.time() - started)
         utils.barrier()
     utils.check_parameters_in_sync(model_without_ddp)

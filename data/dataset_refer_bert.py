@@ -13,7 +13,8 @@ from bert import load_tokenizer
 from errors import UserInputError
 from refer import DATA_SETUP_HINT, GREFER, REFER, grefs_path, object_mask
 
-__all__ = ["ReferDataset", "load_rgb_image", "rgb_image", "eight_bit", "tokenize_expressions"]
+__all__ = ["ReferDataset", "load_rgb_image", "rgb_image", "eight_bit", "tokenize_expressions", "expression_problems",
+           "check_image_size"]
 
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -62,13 +63,26 @@ def load_rgb_image(path: str, what: str = "") -> Image.Image:
         ) from err
 
 
-def tokenize_expressions(tokenizer, sentences, max_tokens=20):
+def check_image_size(image: Image.Image, info: dict, path: str, what: str) -> None:
+    """The mask is drawn at the annotated size and both are resized to img_size, so a mismatch would
+    silently pair the image with a stretched or wrong mask."""
+    if image.size != (info["width"], info["height"]):
+        raise UserInputError(
+            f"Image '{path}' ({what}) is {image.width}x{image.height} pixels (width x height), but its entry "
+            f"{info.get('id')!r} in instances.json says {info['width']}x{info['height']}: the annotations do not "
+            "belong to this file. Fix the entry's width/height or replace the image.")
+
+
+def tokenize_expressions(tokenizer, sentences, max_tokens=20, lengths=None):
     """Token ids and attention masks (n, max_tokens) int64, as the released pipeline builds them.
 
     [CLS]/[SEP] are added, the FIRST `max_tokens` ids kept (a long sentence loses its [SEP]),
-    ids padded with 0, and the mask is 1 on kept ids. One batched tokenizer call.
+    ids padded with 0, and the mask is 1 on kept ids. One batched tokenizer call. A list passed as
+    `lengths` receives each sentence's full token count (for `expression_problems`).
     """
     encoded = tokenizer(list(sentences), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    if lengths is not None:
+        lengths.extend(len(token_ids) for token_ids in encoded)
     ids = torch.zeros(len(encoded), max_tokens, dtype=torch.int64)
     masks = torch.zeros(len(encoded), max_tokens, dtype=torch.int64)
     for row, token_ids in enumerate(encoded):
@@ -76,6 +90,18 @@ def tokenize_expressions(tokenizer, sentences, max_tokens=20):
         ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.int64)
         masks[row, : len(kept)] = 1
     return ids, masks
+
+
+def expression_problems(sentences, lengths, max_tokens=20):
+    """(index, what) for each empty expression and each one cut to `max_tokens` tokens."""
+    problems = []
+    for index, (sentence, length) in enumerate(zip(sentences, lengths)):
+        if not sentence.strip():
+            problems.append((index, "is empty: it is encoded as [CLS][SEP], so the model sees no words"))
+        elif length > max_tokens:
+            problems.append((index, f"has {length} tokens with [CLS]/[SEP] and is cut to the first {max_tokens} "
+                                    "(as released): the words after that are not seen"))
+    return problems
 
 
 class ReferDataset(data.Dataset):
@@ -164,10 +190,22 @@ class ReferDataset(data.Dataset):
                 stacklevel=3,
             )
 
+    def _warn_truncated(self, lengths) -> None:
+        places = [(ref_id, sent["sent_id"]) for ref_id, ref in zip(self.ref_ids, self.refer.loadRefs(self.ref_ids))
+                  for sent in ref["sentences"]]
+        cut = [places[i] for i, length in enumerate(lengths) if length > self.max_tokens]
+        if cut:
+            listed = ", ".join(f"ref {r} sentence {s}" for r, s in cut[:10])
+            more = f" and {len(cut) - 10} more" if len(cut) > 10 else ""
+            warnings.warn(f"{len(cut)} expression(s) in split '{self.split}' are longer than {self.max_tokens} tokens "
+                          f"and are cut to the first {self.max_tokens}, as released ({listed}{more}).", stacklevel=4)
+
     def _tokenize(self, tokenizer):
         """Tokenize every sentence in one batch call; per ref, a list of (1, max_tokens) tensors."""
         flat = [sentence for sentences in self.sentences for sentence in sentences]
-        ids, masks = tokenize_expressions(tokenizer, flat, self.max_tokens)
+        lengths = []
+        ids, masks = tokenize_expressions(tokenizer, flat, self.max_tokens, lengths=lengths)
+        self._warn_truncated(lengths)
         # One small tensor per sentence (not views of one big tensor), so that a worker sending
         # an item does not move the whole table into shared memory.
         input_ids, attention_masks, start = [], [], 0
@@ -200,6 +238,7 @@ class ReferDataset(data.Dataset):
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (ref {ref_id}) {DATA_SETUP_HINT}") from None
         image = load_rgb_image(path, what=f"ref {ref_id}")
+        check_image_size(image, self.image_info(index), path, f"ref {ref_id}")
         target = Image.fromarray(self.original_target(index))
         if self.image_transforms is not None:
             image, target = self.image_transforms(image, target)

@@ -15,12 +15,14 @@ builds that model and loads the checkpoint into it.
 import argparse
 import math
 import os
+import warnings
 from collections.abc import Mapping
 
 import torch
 
 from errors import UserInputError
 
+from . import ranges
 from .checkpoint import (
     CheckpointError,
     describe_swin,
@@ -29,6 +31,7 @@ from .checkpoint import (
     strip_prefixes,
     swin_config,
 )
+from .fusion import FUSION_LAYERS
 from .referring_model import build_model
 from .segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
 
@@ -39,6 +42,7 @@ OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion",
                "img_size")
 # Text encoders by feature width, for checkpoints whose args do not name theirs.
 TEXT_ENCODERS_BY_WIDTH = {768: "bert-base-uncased", 384: "minilm"}
+KNOWN_TEXT_ENCODERS = tuple(TEXT_ENCODERS_BY_WIDTH.values())
 RELEASED_IMG_SIZE = 480
 FUSION_KEY = "backbone.layers.0.fusion.image_lang_att.f_key.0.weight"
 BERT_EMBEDDINGS = "embeddings.word_embeddings.weight"
@@ -101,7 +105,7 @@ def _text_encoder_name(overrides, saved, width, source):
     """The text encoder to build: given, named by the checkpoint's args, or the usual one of this width."""
     from bert import load_text_config
 
-    name = overrides.get("ck_bert") or getattr(saved, "ck_bert", None) or TEXT_ENCODERS_BY_WIDTH.get(width)
+    name = overrides.get("ck_bert") or _trusted_saved_name(saved, "ck_bert", source) or TEXT_ENCODERS_BY_WIDTH.get(width)
     if name is None:
         raise UserInputError(f"The {source} was trained with {width}-wide text features and does not name its text "
                              "encoder; pass it (ck_bert=..., --ck_bert).")
@@ -116,8 +120,32 @@ def _text_encoder_name(overrides, saved, width, source):
 
 def _tokenizer_name(overrides, saved, ck_bert):
     """Given; else the given text encoder's own (its directory holds its vocabulary); else the saved one."""
-    return overrides.get("bert_tokenizer") or overrides.get("ck_bert") or getattr(saved, "bert_tokenizer", None) \
-        or ck_bert
+    return overrides.get("bert_tokenizer") or overrides.get("ck_bert") \
+        or _trusted_saved_name(saved, "bert_tokenizer", "checkpoint", warn=False) or ck_bert
+
+
+def _trusted_saved_name(saved, name, source, warn=True):
+    """A text encoder / tokenizer named by a checkpoint's args, only if it is a known one: a saved
+    path or hub name would make loading someone's checkpoint read files the user never chose."""
+    value = getattr(saved, name, None)
+    if value is None or value in KNOWN_TEXT_ENCODERS:
+        return value
+    if warn:
+        warnings.warn(f"The {source} names the text encoder {value!r}, which is not one of "
+                      f"{', '.join(KNOWN_TEXT_ENCODERS)}; it is used only when you pass it (--{name} / {name}=...). "
+                      "Using the usual encoder of the checkpoint's text width instead.", stacklevel=3)
+    return None
+
+
+def _saved_img_size(overrides, saved, source):
+    """img_size as given, else as saved, checked like the --img_size flag."""
+    given = "img_size" in overrides
+    value = overrides["img_size"] if given else getattr(saved, "img_size", RELEASED_IMG_SIZE)
+    what = "img_size" if given else f"The img_size saved in the {source}"
+    try:
+        return ranges.check_img_size(value, what)
+    except ValueError as err:
+        raise UserInputError(f"{err}; pass --img_size (img_size=...) with the size the model was trained at.") from None
 
 
 def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
@@ -139,22 +167,28 @@ def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
         return overrides.get(name, getattr(saved, name, default))
 
     ck_bert = _text_encoder_name(overrides, saved, shapes["text_width"], source)
+    fusion = option("fusion", MODEL_DEFAULTS["fusion"])
+    if fusion not in FUSION_LAYERS:
+        raise UserInputError(f"The {source} asks for fusion {fusion!r}, which is none of {', '.join(FUSION_LAYERS)}; "
+                             "pass --fusion (fusion=...) with one of them.")
     return argparse.Namespace(
         model=shapes["model"], swin_type=shapes["swin_type"], window_size=shapes["window_size"],
         window12=shapes["window_size"] == 12, mha=option("mha", MODEL_DEFAULTS["mha"]),
-        fusion=option("fusion", MODEL_DEFAULTS["fusion"]), ck_bert=ck_bert,
+        fusion=fusion, ck_bert=ck_bert,
         bert_tokenizer=_tokenizer_name(overrides, saved, ck_bert),
-        img_size=int(option("img_size", RELEASED_IMG_SIZE)), no_target_head=shapes["no_target_head"],
+        img_size=_saved_img_size(overrides, saved, source), no_target_head=shapes["no_target_head"],
         pretrained_swin_weights="")
 
 
-def load_inferred_model(path, **overrides):
-    """(`ReferringModel` in eval mode on the CPU with the weights of `path`, its build options)."""
+def load_inferred_model(path, allow_nonfinite=False, **overrides):
+    """(`ReferringModel` in eval mode on the CPU with the weights of `path`, its build options);
+    NaN/inf weights are refused unless `allow_nonfinite`."""
     checkpoint = load_checkpoint_file(path)
     source = f"checkpoint '{os.fspath(path)}'"
     args = infer_model_args(checkpoint, overrides, source=source)
     model = build_model(args, pretrained=False)
-    load_lavt_checkpoint(model.model, checkpoint, bert_model=model.bert_model, source=source)
+    load_lavt_checkpoint(model.model, checkpoint, bert_model=model.bert_model, source=source,
+                         allow_nonfinite=allow_nonfinite)
     return model.eval(), args
 
 
@@ -164,10 +198,10 @@ def add_override_arguments(parser):
     group.add_argument("--model", choices=["lavt", "lavt_one"])
     group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
     group.add_argument("--window12", action="store_true", default=None)
-    group.add_argument("--window-size", type=int, dest="window_size")
+    group.add_argument("--window-size", type=ranges.flag_type(int, ranges.check_window_size), dest="window_size")
     group.add_argument("--mha", help="fusion heads per stage, e.g. 4-4-4-4")
     group.add_argument("--fusion")
     group.add_argument("--ck_bert", help="text encoder: Hugging Face name, local directory, or 'minilm'")
     group.add_argument("--bert_tokenizer")
-    group.add_argument("--img_size", type=int, help="input size (default: the training size in the checkpoint)")
+    group.add_argument("--img_size", type=ranges.flag_type(int, ranges.check_img_size), help="input size (default: the training size in the checkpoint)")
     return group

@@ -10,10 +10,18 @@ written, fsync'ed and renamed over it, so an interrupted save leaves the previou
 Released layout, both variants: {'model': backbone + classifier state dict (+ `text_encoder.*` for
 lavt_one), 'bert_model': BERT state dict (lavt only), 'optimizer', 'epoch', 'args', 'lr_scheduler'}.
 
+Checkpoints written by `save_checkpoint` also hold `content_sha256`, a hash of every tensor and value
+in them, which `load_checkpoint_file` checks (files without it, e.g. the released ones, load as
+before): a few flipped bytes inside a tensor would otherwise load silently. `load_lavt_checkpoint`
+refuses NaN/inf weights unless `allow_nonfinite`, and `check_resume_state` the entries a resumed
+run needs.
+
 Pretrained Swin classification weights are loaded by lib/swin_weights.py.
 """
 import argparse
 import contextlib
+import glob
+import hashlib
 import math
 import os
 import pickle
@@ -21,6 +29,7 @@ import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
+from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -30,6 +39,7 @@ from .segmentation import SWIN_CONFIGS
 __all__ = [
     "CheckpointError", "load_checkpoint_file", "load_lavt_checkpoint", "save_checkpoint", "atomic_torch_save",
     "model_state_dict", "strip_prefixes", "unwrap_model", "check_loadable", "PLAIN_VALUE_TYPES", "CONTAINER_TYPES",
+    "CONTENT_HASH_KEY", "content_hash", "check_resume_state",
 ]
 
 # What a checkpoint may hold besides tensors (the one definition; see the module docstring). Exact
@@ -44,6 +54,7 @@ OPTIONAL_BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Swin sizes by (embed_dim, depths), for messages.
 SWIN_SIZES = {(dim, tuple(depths)): name for name, (dim, depths, _) in SWIN_CONFIGS.items()}
 LIST_LIMIT = 8
+CONTENT_HASH_KEY = "content_sha256"
 
 
 class CheckpointError(RuntimeError):
@@ -119,7 +130,104 @@ def load_checkpoint_file(path, map_location="cpu", what=None):
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"The {label} holds a {type(checkpoint).__name__}, expected a dict (a checkpoint "
                               "or a state dict).")
+    _verify_content_hash(checkpoint, label)
     return checkpoint
+
+
+def _feed_hash(digest, obj):
+    """Feed `obj` into `digest` in a form that is the same in every process (sets are sorted: their
+    order follows string hashing, which is randomised per process)."""
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {tensor.dtype} {tuple(obj.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(obj, (Mapping, argparse.Namespace)):
+        items = vars(obj).items() if isinstance(obj, argparse.Namespace) else obj.items()
+        digest.update(f"{type(obj).__name__} {len(items)}{{".encode())
+        for key, value in items:
+            _feed_hash(digest, key)
+            _feed_hash(digest, value)
+        digest.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__} {len(obj)}[".encode())
+        for value in obj:
+            _feed_hash(digest, value)
+        digest.update(b"]")
+    elif isinstance(obj, (set, frozenset)):
+        digest.update(f"set {sorted(map(repr, obj))}".encode())
+    else:
+        digest.update(f"{type(obj).__name__} {obj!r};".encode())
+
+
+def content_hash(checkpoint):
+    """SHA-256 (hex) of every entry of a checkpoint dict but the hash itself."""
+    digest = hashlib.sha256()
+    _feed_hash(digest, {key: value for key, value in checkpoint.items() if key != CONTENT_HASH_KEY})
+    return digest.hexdigest()
+
+
+def _verify_content_hash(checkpoint, label):
+    recorded = checkpoint.get(CONTENT_HASH_KEY)
+    if recorded is None:
+        return  # written before hashes were recorded, or by other code: nothing to compare
+    if recorded != content_hash(checkpoint):
+        raise CheckpointError(f"The {label} is corrupt: its contents do not match the hash recorded when it was "
+                              "saved (damaged on disk or in transfer). Use another copy or an earlier checkpoint.")
+
+
+def check_resume_state(checkpoint, label):
+    """(epoch, best score) of a checkpoint a training run can continue from, or a `CheckpointError`
+    naming the first missing or unusable entry."""
+    def refuse(entry, problem):
+        raise CheckpointError(f"The {label} cannot be resumed: its '{entry}' entry {problem}. Resume from a "
+                              "checkpoint written by train.py (checkpoint_last.pth or model_best_*.pth), or start "
+                              "afresh without --resume.")
+
+    for entry in ("optimizer", "lr_scheduler"):
+        if entry not in checkpoint:
+            refuse(entry, "is missing (a weights-only file)")
+        if not isinstance(checkpoint[entry], Mapping):
+            refuse(entry, f"is a {type(checkpoint[entry]).__name__}, not a state dict")
+    optimizer = checkpoint["optimizer"]
+    if not isinstance(optimizer.get("state"), Mapping) or not isinstance(optimizer.get("param_groups"), list):
+        refuse("optimizer", "has no 'state' and 'param_groups'")
+    epoch = checkpoint.get("epoch")
+    if "epoch" not in checkpoint:
+        refuse("epoch", "is missing")
+    if isinstance(epoch, bool) or not isinstance(epoch, Integral) or epoch < 0:
+        refuse("epoch", f"is {epoch!r}, not a non-negative integer")
+    best = -1.0
+    for entry in sorted(k for k in checkpoint if isinstance(k, str) and k.startswith("best_")):
+        value = checkpoint[entry]
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            refuse(entry, f"is {value!r}, not a finite number")
+        if entry == "best_overall_iou":
+            if not -1 <= value <= 1:  # a fraction; -1 before the first validation
+                refuse(entry, f"is {value!r}, not a score from 0 to 1")
+            best = float(value)
+    return int(epoch), best
+
+
+def first_nonfinite(state_dict):
+    """(key, count) of the first floating tensor of `state_dict` holding NaN/inf, or None."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                return key, bad
+    return None
+
+
+def _check_finite(label, state_dicts):
+    for name, state_dict in state_dicts.items():
+        found = first_nonfinite(state_dict) if state_dict is not None else None
+        if found:
+            key, count = found
+            where = "" if name == "model" else f" of '{name}'"
+            raise CheckpointError(
+                f"The {label} has non-finite weights: tensor '{key}'{where} holds {count} NaN/inf value(s) (the "
+                "first such tensor). A model with them predicts garbage; use an earlier checkpoint, or pass "
+                "--allow-nonfinite (allow_nonfinite=True) to load it anyway.")
 
 
 def strip_prefixes(state_dict, prefixes=WRAPPER_PREFIXES):
@@ -269,7 +377,8 @@ def _mismatch_message(label, variant, parts, hints):
     return "\n".join(lines)
 
 
-def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True, source=None):
+def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True, source=None,
+                         allow_nonfinite=False):
     """Load a released-format LAVT checkpoint (or a bare state dict) into `model` (+ `bert_model` for lavt).
 
     `checkpoint_or_path`: a path (loaded with `load_checkpoint_file`) or an already loaded dict.
@@ -279,6 +388,7 @@ def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True
     window, text width or variant) and nothing is loaded; without, matching tensors are loaded.
     Returns a summary dict (variant, tensor counts, epoch, and the keys not loaded).
     `source` names an already loaded checkpoint in error messages (e.g. "--resume ckpt.pth").
+    NaN/inf weights are a `CheckpointError` naming the first such tensor unless `allow_nonfinite`.
     """
     if isinstance(checkpoint_or_path, (str, os.PathLike)):
         label = f"checkpoint '{os.fspath(checkpoint_or_path)}'"
@@ -291,6 +401,8 @@ def load_lavt_checkpoint(model, checkpoint_or_path, bert_model=None, strict=True
                         f"{type(checkpoint_or_path).__name__}")
     model = unwrap_model(model)
     model_sd, bert_sd = _split_lavt_checkpoint(checkpoint, label)
+    if not allow_nonfinite:
+        _check_finite(label, {"model": model_sd, "bert_model": bert_sd if bert_model is not None else None})
     expected = model.state_dict()
     model_sd = _clean_state_dict(model_sd, expected, "text_encoder.")
     has_text_encoder = isinstance(getattr(model, "text_encoder", None), nn.Module)
@@ -361,6 +473,14 @@ def _fsync_directory(directory):
             os.close(fd)
 
 
+def _remove_stale_temporaries(directory, prefix):
+    """Temporary files of earlier saves of the same file that a killed process (SIGKILL, power loss)
+    could not remove; one process saves a given path at a time, so none of them is in use."""
+    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*.tmp")):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
+
+
 def atomic_torch_save(obj, path):
     """`torch.save(obj, path)` that never leaves a partial file: temp file in the same directory, flush,
     fsync, `os.replace`. On any failure the temp file is removed and an existing `path` is untouched.
@@ -372,12 +492,15 @@ def atomic_torch_save(obj, path):
         raise FileNotFoundError(f"Cannot save '{path}': the directory '{directory}' does not exist; create it "
                                 "first or choose another output directory.")
     mode = _file_mode(path)
+    prefix = f".{os.path.basename(path)}."
+    _remove_stale_temporaries(directory, prefix)
     try:
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        fd, tmp_path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     except OSError as err:
-        raise PermissionError(f"Cannot save '{path}': the directory '{directory}' is not writable "
-                              f"({err.strerror or err}); fix its permissions or choose another output "
-                              "directory.") from None
+        # errno and filename kept: cli prints environment errors as one line naming the path.
+        raise type(err)(err.errno, f"Cannot save '{path}': the directory '{directory}' is not writable "
+                                   f"({err.strerror or err}); fix its permissions or choose another output "
+                                   "directory", directory) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -454,4 +577,5 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=None, args=None, lr_sc
     if lr_scheduler is not None:
         checkpoint["lr_scheduler"] = _state(lr_scheduler)
     checkpoint.update(extra)
+    checkpoint[CONTENT_HASH_KEY] = content_hash(checkpoint)
     atomic_torch_save(checkpoint, path)

@@ -29,6 +29,7 @@ Example (a randomly initialised nano model, so its masks mean nothing):
 ((30, 41), dtype('bool'), dtype('float32'), None)
 """
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bert import load_tokenizer
-from data.dataset_refer_bert import eight_bit, rgb_image, tokenize_expressions
+from data.dataset_refer_bert import eight_bit, expression_problems, rgb_image, tokenize_expressions
 from errors import UserInputError
 from transforms import get_transform
 
@@ -88,6 +89,12 @@ def _open_image_file(path):
 
 def _array_image(array):
     """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA of any depth (see `eight_bit`)."""
+    if array.dtype.kind not in "biuf":  # complex, object, strings, dates: no pixel values
+        raise UserInputError(f"image: a NumPy array of {array.dtype} is not an image; pass booleans, integers or "
+                             "real floats.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserInputError(f"image: the array holds {int((~np.isfinite(array)).sum())} NaN/inf value(s); "
+                             "replace them (e.g. np.nan_to_num) before predicting.")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
@@ -121,10 +128,11 @@ class Predictor:
             model.cache_text_features()  # frozen separate BERT: features once per expression
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", amp=None, **overrides):
+    def from_checkpoint(cls, path, device="cpu", amp=None, allow_nonfinite=False, **overrides):
         """Load `path`; `overrides` (model, swin_type, window12, window_size, mha, fusion, ck_bert,
-        bert_tokenizer, img_size) replace what the checkpoint says and must agree with its shapes."""
-        model, args = load_inferred_model(path, **overrides)
+        bert_tokenizer, img_size) replace what the checkpoint says and must agree with its shapes.
+        NaN/inf weights are refused unless `allow_nonfinite`."""
+        model, args = load_inferred_model(path, allow_nonfinite=allow_nonfinite, **overrides)
         return cls(model, load_tokenizer(args.bert_tokenizer), args.img_size, device=device, amp=amp, args=args)
 
     @torch.no_grad()
@@ -135,7 +143,10 @@ class Predictor:
             raise UserInputError("expressions: pass one or more strings")
         image = open_image(image)
         pixels, _ = self.transform(image)
-        input_ids, attention_mask = tokenize_expressions(self.tokenizer, expressions)
+        lengths = []
+        input_ids, attention_mask = tokenize_expressions(self.tokenizer, expressions, lengths=lengths)
+        for index, problem in expression_problems(expressions, lengths, input_ids.shape[1]):
+            warnings.warn(f"Expression {index + 1} {expressions[index]!r} {problem}.", stacklevel=2)
         images = pixels.unsqueeze(0).expand(len(expressions), -1, -1, -1).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.model(images, input_ids.to(self.device), attention_mask.to(self.device))

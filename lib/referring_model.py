@@ -92,11 +92,12 @@ def build_model(args, pretrained=True):
     return ReferringModel(model, bert_model)
 
 
-def load_model(args, device, checkpoint=None):
-    """The model of `args` with the weights of `checkpoint` (default: the file `args.resume`), in eval mode."""
+def load_model(args, device, checkpoint=None, allow_nonfinite=False):
+    """The model of `args` with the weights of `checkpoint` (default: the file `args.resume`), in eval mode;
+    NaN/inf weights are refused unless `allow_nonfinite`."""
     if checkpoint is None:
         checkpoint = load_checkpoint_file(args.resume, what="--resume")
     referring_model = build_model(args, pretrained=False)
     load_lavt_checkpoint(referring_model.model, checkpoint, bert_model=referring_model.bert_model,
-                         source=f"checkpoint '{args.resume}' (--resume)")
+                         source=f"checkpoint '{args.resume}' (--resume)", allow_nonfinite=allow_nonfinite)
     return referring_model.to(device).eval()

@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 from errors import UserInputError
 
 from .images import find_coco2017_dir
-from .refer import REFER, _as_list, load_instances
+from .refer import REFER, _as_list, check_ref_fields, load_instances
 from .safe_pickle import load_refs_pickle
 
 __all__ = ["GREFER", "GREF_SETUP_HINT", "NO_TARGET", "grefs_path"]
@@ -141,21 +141,9 @@ class GREFER(REFER):
 
     def _checked_ref(self, ref) -> tuple:
         """(ref_id, ann_ids, annotations) of a ref whose fields are all usable; raises otherwise."""
-        if not isinstance(ref, dict):
-            raise TypeError(f"expected a dict, got {type(ref).__name__}")
+        check_ref_fields(ref, self.Refs, self.Imgs, f"{self.DATA_DIR}/instances.json")
         ref_id, image_id = ref["ref_id"], ref["image_id"]
-        if not isinstance(ref_id, Integral) or ref_id in self.Refs:
-            raise ValueError(f"ref_id {ref_id!r} is not an integer or appears twice")
-        if not isinstance(ref["split"], str):
-            raise TypeError(f"split must be a string, got {ref['split']!r}")
-        if image_id not in self.Imgs:
-            raise ValueError(f"image_id {image_id!r} is not in '{self.DATA_DIR}/instances.json'")
         _id_list(ref["category_id"], "category_id", allow_empty=True)  # a no-target ref may have none
-        sentences = ref["sentences"]
-        if not isinstance(sentences, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("sent_id"), Integral) and isinstance(s.get("raw"), str)
-                for s in sentences):
-            raise TypeError("sentences must be a list of {sent_id (an integer), raw (a string), ...}")
         ann_ids = _id_list(ref["ann_id"], "ann_id")
         no_target = ann_ids == NO_TARGET
         if "no_target" in ref and (not isinstance(ref["no_target"], Integral) or bool(ref["no_target"]) != no_target):

@@ -48,6 +48,12 @@ KNOWN_SPLITBY = {
 }
 _COCO_DATASETS = ("refcoco", "refcoco+", "refcocog")
 _SPLITS = ("train", "val", "test", "testA", "testB", "testC", "testAB", "testBC", "testAC")
+# Largest image side accepted: pycocotools allocates H*W bytes per part and its polygon code
+# overflows int on huge sizes (a segfault, not an error); no referring dataset comes near this.
+MAX_IMAGE_SIDE = 2**15
+# How far (pixels) a polygon vertex may lie outside its image. Real annotations stray by a pixel
+# at most; far-off values mean a wrong file, and huge ones overflow pycocotools' C code.
+POLYGON_MARGIN = 16
 
 DATA_SETUP_HINT = (
     "See README.md, section 'Data setup': the REFER annotations (refs(<splitBy>).p and "
@@ -86,6 +92,50 @@ def load_instances(path: str, hint: str) -> dict:
         raise UserInputError(f"'{path}' is not a COCO-style instances file: expected an object with "
                          f"lists 'images', 'annotations' and 'categories'. {hint}")
     return instances
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_image_entry(image: dict, instances_path: str) -> None:
+    """An image record's size and file name, checked before pycocotools or a path join sees them."""
+    where = f"Image {image.get('id')!r} in '{instances_path}'"
+    for key in ("height", "width"):
+        value = image.get(key)
+        if not _is_int(value) or not 1 <= value <= MAX_IMAGE_SIDE:
+            raise UserInputError(
+                f"{where} has {key} {value!r}; it must be an integer from 1 to {MAX_IMAGE_SIDE} (the image's "
+                f"size in pixels). Fix the entry or re-download the annotations. {DATA_SETUP_HINT}")
+    name = image.get("file_name")
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise UserInputError(f"{where} has file_name {name!r}; it must be a non-empty string.")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
+        raise UserInputError(
+            f"{where} has file_name '{name}', which leads outside the image folder; file names must be "
+            "relative to the dataset's image folder (no absolute path, no '..').")
+
+
+def check_ref_fields(ref, refs: dict, images: dict, instances_path: str) -> None:
+    """The fields REFER and GREFER refs share: a new integer ref_id, a string split, an image_id of
+    `images`, and sentences [{sent_id, raw}] with string text. Raises KeyError/TypeError/ValueError."""
+    if not isinstance(ref, dict):
+        raise TypeError(f"expected a dict, got {type(ref).__name__}")
+    ref_id = ref["ref_id"]
+    if not _is_int(ref_id):
+        raise TypeError(f"ref_id must be an integer, got {ref_id!r}")
+    if ref_id in refs:
+        # Keeping either copy would silently move an object between splits.
+        raise ValueError(f"ref_id {ref_id} appears twice (also in a ref of split {refs[ref_id].get('split')!r})")
+    if not isinstance(ref["split"], str):
+        raise TypeError(f"split must be a string, got {ref['split']!r}")
+    if ref["image_id"] not in images:
+        raise ValueError(f"image_id {ref['image_id']!r} is not in '{instances_path}'")
+    sentences = ref["sentences"]
+    if not isinstance(sentences, list) or not all(
+            isinstance(s, dict) and _is_int(s.get("sent_id")) and isinstance(s.get("raw"), str) for s in sentences):
+        raise TypeError("sentences must be a list of {sent_id (an integer), raw (a string), ...}")
 
 
 def _require_file(path: str, what: str) -> None:
@@ -168,6 +218,7 @@ class REFER:
                 self.imgToAnns[ann["image_id"]].append(ann)
             for img in self.data["images"]:
                 self.Imgs[img["id"]] = img
+                _check_image_entry(img, instances_path)
             for cat in self.data["categories"]:
                 self.Cats[cat["id"]] = cat["name"]  # the original maps id -> name
         except (KeyError, TypeError) as err:
@@ -185,26 +236,29 @@ class REFER:
         for ref in self.data["refs"]:
             try:
                 ref_id, ann_id = ref["ref_id"], ref["ann_id"]
+                check_ref_fields(ref, self.Refs, self.Imgs, instances_path)
+                if ann_id in self.Anns and self.Anns[ann_id].get("image_id") != ref["image_id"]:
+                    raise ValueError(f"annotation {ann_id} belongs to image {self.Anns[ann_id].get('image_id')!r}, "
+                                     f"not to the ref's image_id {ref['image_id']!r}")
                 self.Refs[ref_id] = ref
                 self.imgToRefs[ref["image_id"]].append(ref)
                 self.catToRefs[ref["category_id"]].append(ref)
                 self.refToAnn[ref_id] = self.Anns[ann_id]
                 self.annToRef[ann_id] = ref
-                if not isinstance(ref["split"], str):
-                    raise TypeError(f"split must be a string, got {ref['split']!r}")
                 for sent in ref["sentences"]:
                     self.Sents[sent["sent_id"]] = sent
                     self.sentToRef[sent["sent_id"]] = ref
                     self.sentToTokens[sent["sent_id"]] = sent.get("tokens", [])
-            except (KeyError, TypeError) as err:
+            except (KeyError, TypeError, ValueError) as err:
                 ref_name = ref.get("ref_id", "?") if isinstance(ref, dict) else repr(ref)[:60]
                 if isinstance(err, KeyError) and isinstance(ref, dict) and "ann_id" in ref and ref["ann_id"] not in self.Anns:
                     raise UserInputError(
                         f"Ref {ref_name} in '{refs_path}' points to annotation {ref['ann_id']}, which is not "
                         f"in '{instances_path}'. The two files must come from the same dataset. {DATA_SETUP_HINT}"
                     ) from err
+                detail = f"missing field {err}" if isinstance(err, KeyError) else str(err)
                 raise UserInputError(
-                    f"Malformed ref {ref_name} in '{refs_path}' (missing or wrong field: {err}); every ref needs "
+                    f"Malformed ref {ref_name} in '{refs_path}' ({detail}); every ref needs "
                     "ref_id, ann_id, image_id, category_id, split and sentences[{sent_id, raw, ...}]."
                 ) from err
         # Plain dicts from here on, so that a missing key is an error rather than a new empty entry.
@@ -298,7 +352,7 @@ class REFER:
             if isinstance(part, dict):
                 rles.append(_checked_rle(part, height, width, where))
             else:
-                polygon = _checked_polygon(part, where)
+                polygon = _checked_polygon(part, where, height, width)
                 if len(polygon) >= 6:  # fewer than 3 points encloses nothing
                     polygons.append(polygon)
         return (mask_utils.frPyObjects(polygons, height, width) if polygons else []) + rles
@@ -356,8 +410,8 @@ class REFER:
         return ax
 
 
-def _checked_polygon(part, where: str) -> list:
-    """A polygon [x1, y1, x2, y2, ...] of finite numbers, or a ValueError naming the annotation."""
+def _checked_polygon(part, where: str, height: int, width: int) -> list:
+    """A polygon [x1, y1, x2, y2, ...] of finite numbers near the image, or an error naming the annotation."""
     try:
         polygon = [float(v) for v in part]
     except (TypeError, ValueError) as err:
@@ -365,6 +419,13 @@ def _checked_polygon(part, where: str) -> list:
     if len(polygon) % 2 or not all(math.isfinite(v) for v in polygon):
         raise UserInputError(f"A polygon of {where} needs an even number of finite coordinates, got "
                          f"{len(polygon)} value(s){'' if all(map(math.isfinite, polygon)) else ' with NaN/inf'}.")
+    for axis, values, side in (("x", polygon[0::2], width), ("y", polygon[1::2], height)):
+        outside = [v for v in values if not -POLYGON_MARGIN <= v <= side + POLYGON_MARGIN]
+        if outside:
+            raise UserInputError(
+                f"A polygon of {where} has {axis} = {outside[0]:g}, outside its {height}x{width} image (more than "
+                f"{POLYGON_MARGIN} px beyond the border): the annotation does not belong to this image or its size "
+                "is wrong. Fix or remove the annotation.")
     return polygon
 
 

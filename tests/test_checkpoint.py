@@ -72,7 +72,7 @@ def test_lavt_round_trip_in_the_released_format(tmp_path):
 
     checkpoint = load_checkpoint_file(path)  # weights_only, Namespace allowed
     assert set(checkpoint) == {"model", "bert_model", "optimizer", "epoch", "args", "lr_scheduler", "rng_state",
-                               "best_oiou", "scaler"}
+                               "best_oiou", "scaler", "content_sha256"}  # the hash: issue 19
     assert checkpoint["args"] == args and checkpoint["epoch"] == 7 and checkpoint["best_oiou"] == 61.5
     assert not any(k.startswith("module.") for k in checkpoint["model"])  # DataParallel prefix removed
     assert any(k.startswith("pooler.") for k in checkpoint["bert_model"])

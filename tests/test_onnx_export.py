@@ -52,7 +52,9 @@ def exported(tmp_path_factory):
         model.model.classifier.conv1_1.bias.copy_(torch.tensor([0.0, 1.0]))
     save_checkpoint(root / "small.pth", model=model.model, bert_model=model.bert_model, args=args)
     tool = export_tool()
-    cli.run_cli(tool.main, tool.get_parser(), ["--resume", str(root / "small.pth"), "--out", str(root / "m.onnx")])
+    # A text encoder in a local directory is used only when passed (a checkpoint's saved path is not trusted).
+    cli.run_cli(tool.main, tool.get_parser(), ["--resume", str(root / "small.pth"), "--out", str(root / "m.onnx"),
+                                               "--ck_bert", str(text_encoder)])
     return model, root
 
 

@@ -203,7 +203,7 @@ def test_overrides_that_contradict_the_checkpoint_are_clear_errors(lavt_checkpoi
     BertConfig(hidden_size=32, num_attention_heads=2).save_pretrained(tmp_path / "narrow_bert")
     with pytest.raises(UserInputError, match="narrow_bert.*384-wide"):
         Predictor.from_checkpoint(lavt_checkpoint, ck_bert=str(tmp_path / "narrow_bert"))
-    assert Predictor.from_checkpoint(lavt_checkpoint, swin_type="nano", window_size=4, img_size=32).img_size == 32
+    assert Predictor.from_checkpoint(lavt_checkpoint, swin_type="nano", window_size=4, img_size=96).img_size == 96
 
 
 # ---------------------------------------------------------------------------------------- images

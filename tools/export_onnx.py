@@ -18,16 +18,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cli  # noqa: E402
 from bert import load_tokenizer  # noqa: E402
 from errors import UserInputError  # noqa: E402
+from lib import ranges  # noqa: E402
 from lib.architecture import OVERRIDABLE, add_override_arguments, load_inferred_model  # noqa: E402
-from lib.onnx_export import compare_with_pytorch, export_onnx, onnx_session, require_onnx, sample_inputs  # noqa: E402
+from lib.onnx_export import (  # noqa: E402
+    OPSET,
+    compare_with_pytorch,
+    export_onnx,
+    onnx_session,
+    require_onnx,
+    sample_inputs,
+)
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resume", required=True, help="the checkpoint (.pth): ours or a released LAVT one")
     parser.add_argument("--out", required=True, help="the ONNX file to write")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
-    parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted |logit difference| (default 1e-3)")
+    parser.add_argument("--opset", type=ranges.flag_type(int, ranges.check_int, OPSET), default=OPSET,
+                        help=f"ONNX opset version, {OPSET} or newer (the exporter writes no older one; default {OPSET})")
+    parser.add_argument("--atol", type=ranges.flag_type(float, ranges.check_float, 0.0), default=1e-3, help="largest accepted |logit difference| (default 1e-3)")
     parser.add_argument("--no-verify", action="store_true", dest="no_verify", help="skip the onnxruntime check")
     add_override_arguments(parser)
     return parser
@@ -43,16 +52,40 @@ def verify(path, model, img_size, tokenizer, atol):
                                f"difference| {difference:.2e} > {atol:g}, or masks differ).")
 
 
+def check_opset_supported(opset):
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UserInputError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {newest}; "
+                             f"pass --opset {OPSET} to {newest}.")
+
+
+def written_opset(path):
+    """The default-domain opset of the ONNX file at `path`."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
 def main(args):
     require_onnx()
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserInputError(f"--out '{args.out}': the directory '{out_dir}' does not exist.")
+    cli.check_output_file(args.out, "--out")  # before the export, which takes a while
+    check_opset_supported(args.opset)
     model, used = load_inferred_model(args.resume, **{name: getattr(args, name) for name in OVERRIDABLE})
     tokenizer = load_tokenizer(used.bert_tokenizer)
     print(f"Exporting {used.model}, Swin-{used.swin_type}, window {used.window_size}, text encoder {used.ck_bert}, "
           f"input {used.img_size} x {used.img_size}")
     outputs = export_onnx(model, args.out, used.img_size, tokenizer, opset=args.opset)
+    written = written_opset(args.out)
+    if written != args.opset:
+        os.remove(args.out)
+        raise UserInputError(f"--opset {args.opset}: the exporter wrote opset {written} instead, so no file is kept; "
+                             f"pass --opset {written}.")
     print(f"Wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB): inputs image (B, 3, {used.img_size}, "
           f"{used.img_size}) float32, input_ids (B, 20) int64, attention_mask (B, 20) int64; outputs "
           f"{', '.join(outputs)}")

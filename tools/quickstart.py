@@ -248,7 +248,7 @@ def main():
          "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay),
          "--drop-path", str(opts.drop_path), "--loss", opts.loss, "--bert-trainable-layers", "0",
          "--pretrained_swin_weights", opts.pretrained, "--swin-lr-scale", str(opts.swin_lr_scale),
-         "--seed", str(opts.seed), "--model_id", "quickstart", "--run-dir", run_dir, "--output-dir", out,
+         "--seed", str(opts.seed), "--model_id", "quickstart", "--overwrite", "--run-dir", run_dir, "--output-dir", out,
          "--print-freq", "50"])
     timings["train_s"] = time.time() - t
 

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,6 +23,7 @@ from PIL import Image  # noqa: E402
 import cli  # noqa: E402
 from demo_inference import describe, overlay  # noqa: E402
 from errors import UserInputError  # noqa: E402
+from lib import ranges  # noqa: E402
 from lib.predictor import Predictor, open_image  # noqa: E402
 
 
@@ -31,7 +33,8 @@ def get_parser():
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (falls back to cpu without CUDA)")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (fp16: CUDA)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--port", type=ranges.flag_type(int, ranges.check_int, 0, 65535), default=7860,
+                        help="port to listen on")
     return parser
 
 
@@ -55,12 +58,16 @@ def segment(predictor, image_path, text, out_dir):
     stem = os.path.splitext(os.path.basename(image_path))[0]
     request_dir = tempfile.mkdtemp(dir=out_dir)  # names stay readable; requests do not overwrite each other
     overlays, masks, lines = [], [], []
-    for i, prediction in enumerate(predictor.predict(image, expressions)):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictions = predictor.predict(image, expressions)
+    for i, prediction in enumerate(predictions):
         path = os.path.join(request_dir, f"{stem}_{i}_mask.png")
         Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(path)
         overlays.append((overlay(image, prediction.mask), prediction.expression))
         masks.append((path, prediction.expression))
         lines.append(describe(i, prediction, os.path.basename(path)))
+    lines += [f"Warning: {w.message}" for w in caught if issubclass(w.category, UserWarning)]  # shown on the page
     return overlays, masks, [path for path, _ in masks], "\n".join(lines)
 
 
