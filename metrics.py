@@ -5,11 +5,17 @@ counts of the argmax mask against the target; IoU = I / U (0 when U = 0); mean I
 per-sample IoUs, overall IoU is sum(I) / sum(U), precision@k is the share of samples with
 IoU >= k. Summaries hold fractions; reports print percent.
 
+Every JSON file the codebase writes follows `JSON_UNITS` (README, "Units"); Markdown and printouts
+stay in percent.
+
 Generalized sets (gRefCOCO, expressions with no or several targets): `sample_record` adds each
 sample's predicted and true no-target flags, `summarize_generalized` computes ReLA's gIoU, cIoU,
 N-acc, T-acc and Pr@k, `format_generalized_report` prints them.
 """
 import json
+
+JSON_UNITS = ("fractions: IoU, precision, accuracy, rates and their differences in [0, 1] (not percent); "
+              "times in seconds; counts as integers")
 import os
 
 import numpy as np
