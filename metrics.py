@@ -13,13 +13,13 @@ sample's predicted and true no-target flags, `summarize_generalized` computes Re
 N-acc, T-acc and Pr@k, `format_generalized_report` prints them.
 """
 import json
-
-JSON_UNITS = ("fractions: IoU, precision, accuracy, rates and their differences in [0, 1] (not percent); "
-              "times in seconds; counts as integers")
 import os
 
 import numpy as np
 from PIL import Image
+
+JSON_UNITS = ("fractions: IoU, precision, accuracy, rates and their differences in [0, 1] (not percent); "
+              "times in seconds; counts as integers")
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
