@@ -5,6 +5,9 @@ counts of the argmax mask against the target; IoU = I / U (0 when U = 0); mean I
 per-sample IoUs, overall IoU is sum(I) / sum(U), precision@k is the share of samples with
 IoU >= k. Summaries hold fractions; reports print percent.
 
+Every JSON file the codebase writes follows `JSON_UNITS` (README, "Units"); Markdown and printouts
+stay in percent.
+
 Generalized sets (gRefCOCO, expressions with no or several targets): `sample_record` adds each
 sample's predicted and true no-target flags, `summarize_generalized` computes ReLA's gIoU, cIoU,
 N-acc, T-acc and Pr@k, `format_generalized_report` prints them.
@@ -14,6 +17,9 @@ import os
 
 import numpy as np
 from PIL import Image
+
+JSON_UNITS = ("fractions: IoU, precision, accuracy, rates and their differences in [0, 1] (not percent); "
+              "times in seconds; counts as integers")
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 

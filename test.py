@@ -35,8 +35,7 @@ def write_results(path, args, summary, seconds):
         "checkpoint": os.path.abspath(args.resume), "model": args.model, "swin_type": args.swin_type,
         "dataset": args.dataset, "splitBy": args.splitBy, "split": args.split,
         "protocol": args.eval_protocol, "img_size": args.img_size,
-        **{key: (value * 100 if isinstance(value, float) else value) for key, value in summary.items()},
-        "units": "percent (counts as integers)", "seconds": round(seconds, 2),
+        **summary, "units": metrics.JSON_UNITS, "seconds": round(seconds, 2),
     }
     with open(path, "w") as handle:
         json.dump(record, handle, indent=2)

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import training_runs  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 RECIPES = {"released": [], "no-target head": ["--no-target-head"],
            "head, loss weight 5": ["--no-target-head", "--no-target-loss-weight", "5"]}
@@ -87,6 +88,7 @@ def table(results):
 
 def main():
     opts = parse_args()
+    print(machine_line(opts.threads), flush=True)
     print(f"==> generating {opts.num_images} generalized SynRef images", flush=True)
     training_runs.generate(opts.out, DATASET, opts.num_images, opts.gen_img_size, opts.seed, generalized=True)
     results = {}

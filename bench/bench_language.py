@@ -27,6 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import training_runs  # noqa: E402
+from machine import machine_line  # noqa: E402
 
 RECIPES = {
     "baseline": [],
@@ -63,7 +64,11 @@ def probe(opts, name, checkpoint):
            "--resume", checkpoint, "--probes", PROBES, "--probe-out", folder, "--eval-batch-size", "32"]
     stamp = training_runs.run_step(cmd, folder, log_name="probes_output.txt", threads=opts.threads)
     with open(os.path.join(folder, "probes.json")) as handle:
-        return {**json.load(handle), "seconds": stamp["wall_s"]}
+        stored = json.load(handle)
+    # Points, as the tables and aims below use them (probes.json holds fractions, metrics.JSON_UNITS).
+    stored["indicators"] = {name + (" (%)" if name.startswith("counterfactual") else ""):
+                            value if "/" in name else 100 * value for name, value in stored["indicators"].items()}
+    return {**stored, "seconds": stamp["wall_s"]}
 
 
 ROWS = (  # (label, how to read it from one recipe's {"train", "probes"})
@@ -116,6 +121,7 @@ def verdict(results):
 
 def main():
     opts = parse_args()
+    print(machine_line(opts.threads), flush=True)
     print(f"==> generating {opts.num_images} SynRef images", flush=True)
     training_runs.generate(opts.out, DATASET, opts.num_images, opts.gen_img_size, opts.seed)
     results = {}
@@ -137,7 +143,10 @@ def main():
         handle.write(f"# Language probes per training recipe (SynRef val, {opts.num_images} images, "
                      f"{opts.epochs} epochs each)\n\n{text}")
     with open(os.path.join(opts.out, "bench_language.json"), "w") as handle:
-        json.dump({"settings": {k: v for k, v in vars(opts).items()}, "results": results, "against_baseline": aim},
+        json.dump({"settings": {k: v for k, v in vars(opts).items()}, "results": results,
+                   "against_baseline": {name: {k.replace("_points", ""): v / 100 if k.endswith("_points") else v
+                                               for k, v in found.items()} for name, found in aim.items()},
+                   "units": "fractions (metrics.JSON_UNITS); seconds"},
                   handle, indent=2)
     print(f"Written: {os.path.join(opts.out, 'bench_language.md')} and bench_language.json")
 

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import add_threads_argument, apply_threads, machine_line  # noqa: E402
 from lib.segmentation import SWIN_CONFIGS, build_lavt  # noqa: E402
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,6 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default="", help="also write the results here")
+    add_threads_argument(parser)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # one scaling measurement, as JSON
     return parser.parse_args(argv)
 
@@ -160,11 +162,11 @@ def run_scaling(opts, measurements=SCALING):
 
 def main(argv=None):
     opts = parse_args(argv)
+    apply_threads(opts.threads)  # before the children start: they inherit OMP_NUM_THREADS
     device = torch.device(opts.device)
     if opts.child:
         return child_main(json.loads(opts.child), device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    print(f"torch {torch.__version__}, device {device}; {machine_line(opts.threads)}", flush=True)
     rows = run_scaling(opts) if opts.suite == "scaling" else run_configs(opts, device)
     if opts.json:
         with open(opts.json, "w") as handle:

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import add_threads_argument, apply_threads, machine_line  # noqa: E402
 from bert import load_tokenizer  # noqa: E402
 from lib.onnx_export import INPUT_NAMES, export_onnx, onnx_session, require_onnx, sample_inputs  # noqa: E402
 from lib.referring_model import build_model  # noqa: E402
@@ -30,6 +31,7 @@ def parse_args():
     parser.add_argument("--configs", nargs="+", default=["nano:64:4:minilm", "base:480:12:bert-base"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    add_threads_argument(parser)
     return parser.parse_args()
 
 
@@ -69,7 +71,7 @@ def bench_config(spec, opts, root):
     started = time.perf_counter()
     export_onnx(model, path, img_size, tokenizer)
     export_s = time.perf_counter() - started
-    session = onnx_session(path)
+    session = onnx_session(path, threads=opts.threads or None)
     feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs)}
 
     def pytorch(dtype):
@@ -89,11 +91,12 @@ def bench_config(spec, opts, root):
 
 def main():
     opts = parse_args()
+    apply_threads(opts.threads)
     require_onnx()
     import onnxruntime
 
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
-          f"{os.cpu_count()} CPUs; median of {opts.repeats} runs, batch 1, one expression")
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; {machine_line(opts.threads)}; "
+          f"median of {opts.repeats} runs, batch 1, one expression")
     print("| config | PyTorch fp32 | PyTorch bf16 | onnxruntime fp32 | export | ONNX file |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as root:
         for spec in opts.configs:

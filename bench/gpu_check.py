@@ -28,6 +28,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.machine import add_threads_argument, apply_threads, machine_line  # noqa: E402
 from lib.segmentation import SWIN_CONFIGS, build_lavt  # noqa: E402
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,6 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a dry run of the steps, not a check)")
     parser.add_argument("--work-dir", default="", help="keep data, runs and checkpoints here (default: a temp dir)")
+    add_threads_argument(parser)
     parser.add_argument("--workers", type=int, default=4, help="data loading workers of train.py / test.py")
     return parser.parse_args(argv)
 
@@ -96,8 +98,8 @@ def train_and_evaluate(config, work_dir, opts):
          "--split", "testA", "--results-json", os.path.join(work_dir, "testA.json")],
         config["timeout_s"], os.path.join(work_dir, "test.log"))
     with open(os.path.join(work_dir, "testA.json")) as handle:
-        results = json.load(handle)  # percent
-    rows.append({"mode": "off, test.py on testA", "wall_s": results["seconds"], "val_mean_iou": results["mean_iou"]})
+        results = json.load(handle)  # fractions (metrics.JSON_UNITS)
+    rows.append({"mode": "off, test.py on testA", "wall_s": results["seconds"], "val_mean_iou": 100 * results["mean_iou"]})
     return rows, checkpoint
 
 
@@ -240,6 +242,8 @@ def verdicts(pipeline_rows, comparison):
 
 def main(argv=None):
     opts = parse_args(argv)
+    apply_threads(opts.threads)
+    print(machine_line(opts.threads), flush=True)
     device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE)

@@ -25,6 +25,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.machine import add_threads_argument, apply_threads, machine_line  # noqa: E402
+
 # The quickstart's recipe before this search (2026-11-25); each candidate changes some of its values.
 # drop_path is stochastic depth (the released rate is 0.3).
 BEFORE = {"num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 16,
@@ -55,6 +57,7 @@ def parse_args(argv=None):
                         help="a recipe name (repeat for several; default: all)")
     parser.add_argument("--parallel", type=int, default=1, help="recipes trained at once")
     parser.add_argument("--workers", type=int, default=2, help="data loading workers per run")
+    add_threads_argument(parser)
     parser.add_argument("--deadline-s", type=float, default=0, help="stop runs still going after this many seconds")
     parser.add_argument("--measure-cost", action="store_true", help="only time CPU optimizer steps per recipe")
     return parser.parse_args(argv)
@@ -154,7 +157,7 @@ def report(name, out, wall_s):
     final = "-"
     if os.path.exists(os.path.join(run_dir, "val.json")):
         results = json.load(open(os.path.join(run_dir, "val.json")))
-        final = f"{results['mean_iou']:.1f} / {results['overall_iou']:.1f}"
+        final = f"{100 * results['mean_iou']:.1f} / {100 * results['overall_iou']:.1f}"
     line = f"| {name} | {len(rows)}/{recipe(name)['epochs']} | {steps} | {curve} | {final} | {wall_s:.0f} |"
     print(line, flush=True)
     return {"name": name, "recipe": recipe(name), "epochs_done": len(rows), "steps": steps,
@@ -189,6 +192,8 @@ def run_all(names, out, opts):
 
 def main():
     opts = parse_args()
+    apply_threads(opts.threads)  # the training subprocesses inherit OMP_NUM_THREADS
+    print(machine_line(opts.threads), flush=True)
     names = opts.recipes or list(RECIPES)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from machine import add_threads_argument
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The quickstart's earlier nano recipe (stochastic depth 0.3, train.py's default) at the benchmarks'
@@ -101,5 +103,4 @@ def add_recipe_arguments(parser, defaults, examples):
     """One flag per key of `examples` (--num-images, --epochs, ...), typed like its example value."""
     for key, value in examples.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=defaults[key], dest=key)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="OMP_NUM_THREADS of every step (0: PyTorch's default); 1 is much faster on a busy machine")
+    add_threads_argument(parser)  # here: OMP_NUM_THREADS of every step

@@ -103,6 +103,7 @@ def load_checkpoint_file(path, map_location="cpu", what=None):
     """Load a checkpoint dict with `torch.load(weights_only=True)`, only `argparse.Namespace` allowed extra.
 
     `what` names the command-line option the path came from (e.g. '--resume') for error messages.
+    A model-only weights file (lib/weights.py) comes back in the released layout, in fp32.
     Raises FileNotFoundError for a missing path and `CheckpointError` for files holding other pickled
     objects (refused: unpickling them could run code) or truncated / corrupt files.
     """
@@ -131,6 +132,10 @@ def load_checkpoint_file(path, map_location="cpu", what=None):
         raise CheckpointError(f"The {label} holds a {type(checkpoint).__name__}, expected a dict (a checkpoint "
                               "or a state dict).")
     _verify_content_hash(checkpoint, label)
+    from .weights import expand_model_only_weights, is_model_only_weights  # it imports this module
+
+    if is_model_only_weights(checkpoint):  # every loader then sees the released layout
+        checkpoint = expand_model_only_weights(checkpoint, source=label)
     return checkpoint
 
 

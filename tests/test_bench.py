@@ -48,7 +48,7 @@ def test_recipe_search_reports_partial_runs_from_their_logs(tmp_path, capsys):
     (run_dir / "metrics.jsonl").write_text('{"val_mean_iou": 0.25}\n{"val_mean_iou": 0.3125}\n')
     row = recipes.report(name, str(tmp_path), 12.0)
     assert row["epochs_done"] == 2 and row["steps"] == 866 and row["val_all_sentences"] == "-"
-    (run_dir / "val.json").write_text('{"mean_iou": 41.25, "overall_iou": 38.5}')
+    (run_dir / "val.json").write_text('{"mean_iou": 0.4125, "overall_iou": 0.385}')
     assert recipes.report(name, str(tmp_path), 12.0)["val_all_sentences"] == "41.2 / 38.5"
     assert "| no drop-path, 12 epochs | 2/12 | 866 | 25.0 31.2 |" in capsys.readouterr().out
 

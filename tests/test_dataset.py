@@ -18,7 +18,7 @@ from bert import load_tokenizer
 from data.dataset_refer_bert import ReferDataset, load_rgb_image
 from errors import UserInputError
 from refer import load_refs_pickle
-from transforms import get_transform
+from transforms import IMAGENET_STD, get_transform
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -37,6 +37,24 @@ EVAL_SPLITS = [split for split in ("train", "val", "testA", "testB", "test") if 
 OVERLAP_ITEMS = [(split, index) for split in EVAL_SPLITS for index, item in enumerate(EXPECTED[split])
                  if EXPECTED["masks_max_value"].get(item["ref_id"], 1) > 1]
 FIRST_VAL = EXPECTED["val"][0]
+# Pillow 12 (which gradio pins) and Pillow 13 decode the fixture's JPEGs, and resize, up to one grey
+# level apart; the recording was made with 13. Targets, masks and token ids stay exact.
+GREY_LEVELS = 1
+
+
+def assert_pixels_close(actual, expected, what):
+    """8-bit images equal up to `GREY_LEVELS`, and identical in size."""
+    actual, expected = np.asarray(actual).astype(np.int16), np.asarray(expected).astype(np.int16)
+    assert actual.shape == expected.shape, what
+    assert np.abs(actual - expected).max() <= GREY_LEVELS, what
+
+
+def assert_normalized_close(actual, expected, what):
+    """Normalised (3, H, W) images equal up to `GREY_LEVELS` before normalisation."""
+    assert actual.shape == expected.shape, what
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(actual * std * 255, expected * std * 255, rtol=0, atol=GREY_LEVELS + 1e-3,
+                               msg=what)
 
 
 def make_args(root=FIXTURE_ROOT):
@@ -76,7 +94,7 @@ def test_eval_items_match_original_pipeline(split):
         assert dataset.refer.Refs[expected["ref_id"]]["sent_ids"] == expected["sent_ids"]
         image, target, input_ids, attention_mask = dataset[index]
         assert image.dtype == torch.float32 and image.shape == expected["image"].shape
-        torch.testing.assert_close(image, expected["image"], rtol=0, atol=1e-5)
+        assert_normalized_close(image, expected["image"], f"ref {expected['ref_id']}")
         assert target.dtype == torch.int64 and torch.equal(target, expected["target"]), f"ref {expected['ref_id']}"
         assert input_ids.dtype == attention_mask.dtype == torch.int64
         assert torch.equal(input_ids, expected["input_ids"]), f"ref {expected['ref_id']}"
@@ -120,7 +138,7 @@ def test_images_decode_as_recorded(image_id):
     path = image_path(FIXTURE_ROOT, image_id)
     with Image.open(path) as image:
         assert image.mode == EXPECTED["image_modes"][image_id]
-    np.testing.assert_array_equal(np.asarray(load_rgb_image(path)), EXPECTED["raw_images_rgb"][image_id].numpy())
+    assert_pixels_close(load_rgb_image(path), EXPECTED["raw_images_rgb"][image_id].numpy(), f"image {image_id}")
 
 
 def test_analysis_accessors():
@@ -135,7 +153,7 @@ def test_analysis_accessors():
         np.testing.assert_array_equal(target, EXPECTED["masks"][expected["ref_id"]].numpy() == 1)
         image, full_target, _, _ = dataset[index]  # no transform: PIL image and PIL mask at full resolution
         assert image.mode == "RGB"
-        np.testing.assert_array_equal(np.asarray(image), EXPECTED["raw_images_rgb"][expected["image_id"]].numpy())
+        assert_pixels_close(image, EXPECTED["raw_images_rgb"][expected["image_id"]].numpy(), f"ref {expected['ref_id']}")
         np.testing.assert_array_equal(np.asarray(full_target), target)
 
 

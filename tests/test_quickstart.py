@@ -21,15 +21,15 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     assert set(report["results"]) == {"val", "testA", "testB", "testC", "val, swapped expressions"}
     val, swapped = report["results"]["val"], report["results"]["val, swapped expressions"]
     assert 0 < swapped["num_samples"] <= val["num_samples"]
-    assert report["swap_drop_mean_iou_points"] == round(100 * (val["mean_iou"] - swapped["mean_iou"]), 2)
+    assert report["swap_drop_mean_iou"] == round(val["mean_iou"] - swapped["mean_iou"], 4)  # fractions
     assert sum(v["num_samples"] for v in report["val_by_expression_type"].values()) == val["num_samples"]
     probes = report["probes"]
     assert set(probes) == {"clean", "clean, swap objects", "swap", "category", "empty", "shuffle", "drop-category",
                            "counterfactual"}
     assert probes["clean"]["num_samples"] == val["num_samples"] and probes["swap"] == swapped
     gap = report["probe_indicators"]["reading gap (clean - swap, same objects)"]
-    assert abs(gap - 100 * (probes["clean, swap objects"]["mean_iou"] - swapped["mean_iou"])) < 1e-9
-    assert 0 <= report["probe_indicators"]["counterfactual false-positive rate (%)"] <= 100
+    assert abs(gap - (probes["clean, swap objects"]["mean_iou"] - swapped["mean_iou"])) < 1e-9
+    assert 0 <= report["probe_indicators"]["counterfactual false-positive rate"] <= 1
     for name in ("results.md", "probes.md", "curve.png", "best_predictions.png", "worst_predictions.png",
                  "model_best_quickstart.pth"):
         assert (out / name).stat().st_size > 0, name

@@ -1,32 +1,42 @@
-"""tools/web_demo.py: the Gradio page answers a real gradio_client with the Predictor's masks.
+"""tools/web_demo.py: the Gradio page gives the Predictor's masks to a gradio_client and to a browser.
 
-Starts the demo on 127.0.0.1 in a subprocess (a nano LAVT with random weights), uploads a small
-image with two expressions and compares the downloaded mask PNGs with `Predictor.predict` on the
-same file. The server test needs the optional packages gradio and gradio_client
-(requirements-demo.txt, not installed by make setup) and is skipped, naming the missing one, without them.
+Starts the demo on 127.0.0.1 in a subprocess (a nano LAVT with random weights, served from a
+model-only fp16 file of tools/export_weights.py), uploads a small image with two expressions and
+compares the downloaded mask PNGs, and the overlays a headless Chromium shows, with
+`Predictor.predict` on the same file. gradio and gradio_client come with make setup
+(requirements-demo.txt); the browser test needs Debian's chromium and chromium-driver and the
+PyPI package selenium (.ci/run installs them) and is skipped, naming what is missing, without them.
 """
-import argparse
 import importlib.util
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from bert import load_tokenizer
+from demo_inference import overlay
 from errors import UserInputError
-from lib.checkpoint import save_checkpoint
-from lib.predictor import Predictor
-from lib.referring_model import build_model
+from lib.checkpoint import atomic_torch_save, load_checkpoint_file, save_checkpoint
+from lib.predictor import Predictor, open_image
+from lib.weights import model_only_weights
+from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPRESSIONS = ["the red block on the left", "the big square"]
 STARTUP_SECONDS = 240  # importing gradio and torch on a busy 2-core machine takes most of this
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Without the networking flags, Chromium's background connections are refused on a closed network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1600")
+PAGE_SECONDS = 120
 
 
 def web_demo_tool():
@@ -55,31 +65,38 @@ def wait_until_listening(process, port, log_path):
     pytest.fail(f"the web demo did not listen on port {port} within {STARTUP_SECONDS} s:\n{open(log_path).read()}")
 
 
-def write_blocks_image(path):
-    """Two-colour blocks, 37 x 53: not square, not the model's input size."""
-    rows, cols = np.mgrid[:37, :53]
-    blocks = ((rows // 9 + cols // 7) % 2)[..., None] == 1
-    Image.fromarray(np.where(blocks, [230, 40, 40], [30, 30, 200]).astype(np.uint8)).save(path)
+@pytest.fixture(scope="module")
+def nano_checkpoint(tmp_path_factory):
+    """A model-only fp16 file (what one deploys), MiniLM referenced by name."""
+    root = tmp_path_factory.mktemp("web_demo")
+    model, options = half_foreground_nano(write_blocks_image(str(root / "calib.png")))
+    save_checkpoint(root / "nano.pth", model=model.model, bert_model=model.bert_model, args=options)
+    weights, _ = model_only_weights(load_checkpoint_file(root / "nano.pth"), "fp16")
+    path = str(root / "nano_fp16.pth")
+    atomic_torch_save(weights, path)
     return path
 
 
 @pytest.fixture(scope="module")
-def nano_checkpoint(tmp_path_factory):
-    """A random nano LAVT whose class-1 bias is shifted so the test image's masks are about half
-    foreground: an all-empty mask would match a wrongly placed or transposed one."""
-    root = tmp_path_factory.mktemp("web_demo")
-    torch.manual_seed(0)
-    options = argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights="",
-                                 window_size=4, img_size=64)
-    model = build_model(options)
-    predictions = Predictor(model, load_tokenizer("minilm"), 64).predict(write_blocks_image(str(root / "calib.png")),
-                                                                         EXPRESSIONS)
-    probability = np.concatenate([p.probability.ravel() for p in predictions]).astype(np.float64).clip(1e-12, 1 - 1e-12)
-    with torch.no_grad():
-        model.model.classifier.conv1_1.bias[1] -= float(np.median(np.log(probability / (1 - probability))))
-    path = str(root / "nano.pth")
-    save_checkpoint(path, model=model.model, bert_model=model.bert_model, args=options)
-    return path
+def demo_url(nano_checkpoint, tmp_path_factory):
+    """The demo's address, served from a subprocess for the tests of this module."""
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("the optional package 'gradio' is not installed (pip install -r requirements-demo.txt)")
+    port, log_path = free_port(), tmp_path_factory.mktemp("server") / "server.log"
+    command = [sys.executable, os.path.join(REPO, "tools", "web_demo.py"), "--resume", nano_checkpoint,
+               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        wait_until_listening(process, port, log_path)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def test_missing_gradio_is_named(monkeypatch):
@@ -89,33 +106,17 @@ def test_missing_gradio_is_named(monkeypatch):
         tool.require_gradio()
 
 
-def test_client_gets_the_predictor_masks(nano_checkpoint, tmp_path):
-    if importlib.util.find_spec("gradio") is None:
-        pytest.skip("the optional package 'gradio' is not installed (pip install -r requirements-demo.txt)")
+@pytest.mark.slow
+def test_client_gets_the_predictor_masks(nano_checkpoint, demo_url, tmp_path):
     client_module = pytest.importorskip(
         "gradio_client", reason="the optional package 'gradio_client' is not installed (pip install -r requirements-demo.txt)")
     image_path, expressions = write_blocks_image(str(tmp_path / "odd size.png")), EXPRESSIONS
-
-    port, log_path = free_port(), tmp_path / "server.log"
-    command = [sys.executable, os.path.join(REPO, "tools", "web_demo.py"), "--resume", nano_checkpoint,
-               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    try:
-        wait_until_listening(process, port, log_path)
-        client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False,
-                                      download_files=str(tmp_path / "downloads"))
-        overlays, masks, files, summary = client.predict(client_module.handle_file(image_path),
-                                                         "\n".join(expressions) + "\n\n", api_name="/segment")
-        with pytest.raises(Exception, match="at least one expression"):
-            client.predict(client_module.handle_file(image_path), "  \n", api_name="/segment")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    client = client_module.Client(demo_url, verbose=False, analytics_enabled=False,
+                                  download_files=str(tmp_path / "downloads"))
+    overlays, masks, files, summary = client.predict(client_module.handle_file(image_path),
+                                                     "\n".join(expressions) + "\n\n", api_name="/segment")
+    with pytest.raises(Exception, match="at least one expression"):
+        client.predict(client_module.handle_file(image_path), "  \n", api_name="/segment")
 
     expected = Predictor.from_checkpoint(nano_checkpoint, device="cpu").predict(image_path, expressions)
     assert [item["caption"] for item in overlays] == expressions
@@ -130,3 +131,69 @@ def test_client_gets_the_predictor_masks(nano_checkpoint, tmp_path):
     for item in overlays:
         assert Image.open(item["image"]).size == (53, 37)
     assert all(expression in summary for expression in expressions)
+
+
+def chromium_driver(profile_dir):
+    """A headless Debian Chromium under selenium, or a skip naming what is missing."""
+    missing = [f"{path} (apt-get install {package})" for path, package in
+               ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")) if not shutil.which(path)]
+    if importlib.util.find_spec("selenium") is None:
+        missing.append("the Python package selenium (pip install -r requirements-dev.txt)")
+    if missing:
+        pytest.skip("the browser test needs " + " and ".join(missing))
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    # The system driver, so that selenium does not try to download one.
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+
+def gallery_images(driver, label):
+    """The <img> elements of the gallery labelled `label`."""
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.XPATH, f"//div[contains(@class, 'block')][.//*[normalize-space(text())='{label}']]"
+                                          "//img")
+
+
+@pytest.mark.slow
+def test_browser_uploads_types_clicks_and_sees_the_overlays(nano_checkpoint, demo_url, tmp_path):
+    image_path = write_blocks_image(str(tmp_path / "blocks.png"))
+    with tempfile.TemporaryDirectory(prefix="chromium_profile_") as profile:
+        driver = chromium_driver(profile)
+        try:
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            driver.get(demo_url)
+            wait = WebDriverWait(driver, PAGE_SECONDS)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+            driver.find_elements(By.CSS_SELECTOR, "input[type=file]")[0].send_keys(image_path)
+            # The upload finishes when the preview of the image replaces the drop zone.
+            wait.until(lambda d: gallery_images(d, "Image") or d.find_elements(By.CSS_SELECTOR, "img[alt='']"))
+            text = driver.find_element(By.XPATH, "//label[.//*[contains(text(), 'Expressions')]]//textarea")
+            text.send_keys("\n".join(EXPRESSIONS))
+            driver.find_element(By.XPATH, "//button[normalize-space(.)='Segment']").click()
+            wait.until(lambda d: len(gallery_images(d, "Overlays")) >= len(EXPRESSIONS))
+            driver.save_screenshot(str(tmp_path / "page.png"))
+            sources = [img.get_attribute("src") for img in gallery_images(driver, "Overlays")]
+            page = driver.page_source
+        finally:
+            driver.quit()
+
+    assert all(expression in page for expression in EXPRESSIONS)  # the captions
+    expected = Predictor.from_checkpoint(nano_checkpoint, device="cpu").predict(image_path, EXPRESSIONS)
+    shown = []
+    for source in dict.fromkeys(sources):  # a gallery may show a thumbnail and a preview of one image
+        with urllib.request.urlopen(source, timeout=30) as response:
+            shown.append(np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB")))
+    image = open_image(image_path)
+    for prediction in expected:
+        assert 0 < prediction.mask.mean() < 1
+        drawn = np.asarray(overlay(image, prediction.mask).convert("RGB"))
+        assert any(candidate.shape == drawn.shape and np.array_equal(candidate, drawn) for candidate in shown), \
+            f"no overlay on the page matches the Predictor's mask for {prediction.expression!r}"

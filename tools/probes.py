@@ -84,6 +84,14 @@ def indicators(results):
     return found
 
 
+RATIO_INDICATORS = ("category reliance (category / clean)", "image-only share (empty / clean)")
+
+
+def indicators_as_fractions(found):
+    """`indicators` (points and ratios) in the JSON convention (metrics.JSON_UNITS): points / 100."""
+    return {name.replace(" (%)", ""): value if name in RATIO_INDICATORS else value / 100 for name, value in found.items()}
+
+
 def markdown(results, found):
     lines = ["| probe | samples | mean IoU | overall IoU |", "|---|---|---|---|"]
     for name, r in results.items():
@@ -182,7 +190,8 @@ def main(args):
             handle.write(f"# Language probes: {args.dataset} {args.split}, {os.path.basename(args.resume)}\n\n{table}")
         with open(os.path.join(args.probe_out, "probes.json"), "w") as handle:
             json.dump({"checkpoint": os.path.abspath(args.resume), "dataset": args.dataset, "split": args.split,
-                       "results": results, "indicators": found}, handle, indent=2)
+                       "results": results, "indicators": indicators_as_fractions(found),
+                       "units": metrics.JSON_UNITS}, handle, indent=2)
         bar_chart(results, os.path.join(args.probe_out, "probes.png"))
     utils.cleanup_distributed()
 

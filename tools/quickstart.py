@@ -164,6 +164,7 @@ def markdown_table(results):
 def language_verdict(report):
     """One sentence: does the model read the words (reading gap >= 10 points of mean IoU)?"""
     gap = report["probe_indicators"].get("reading gap (clean - swap, same objects)")
+    gap = None if gap is None else 100 * gap  # points, as printed
     if gap is None:
         return "**Language check: not measured** (no val image holds two referred objects)."
     passed = gap >= 10
@@ -268,10 +269,13 @@ def write_report(opts, out, run_dir, timings, started, results, by_type, probe_r
     plot_overlays(val_set, os.path.join(out, "predictions", "val"),
                   (os.path.join(out, "best_predictions.png"), os.path.join(out, "worst_predictions.png")))
     timings["total_s"] = time.time() - started
-    drop = 100 * (results["val"]["mean_iou"] - results["val, swapped expressions"]["mean_iou"])
+    import metrics
+
+    drop = results["val"]["mean_iou"] - results["val, swapped expressions"]["mean_iou"]
     report = {"recipe": vars(opts), "results": results, "val_by_expression_type": by_type,
-              "probes": probe_results, "probe_indicators": found,
-              "timings": {k: round(v, 1) for k, v in timings.items()}, "swap_drop_mean_iou_points": round(drop, 2)}
+              "probes": probe_results, "probe_indicators": probes.indicators_as_fractions(found),
+              "timings": {k: round(v, 1) for k, v in timings.items()}, "swap_drop_mean_iou": round(drop, 4),
+              "units": metrics.JSON_UNITS}
     probe_table = probes.markdown(probe_results, found)
     print("\nLanguage probes on val:\n" + probe_table)
     with open(os.path.join(out, "results.json"), "w") as handle:
