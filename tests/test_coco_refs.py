@@ -297,3 +297,25 @@ def test_arguments_are_checked(tmp_path):
     paths = write_coco_fixture(str(tmp_path / "coco"), num_train=3, num_val=3)
     with pytest.raises(UserInputError):
         build(str(tmp_path / "data"), **paths, val_fraction=1.5)
+
+
+def test_malformed_annotations_and_confusable_categories(tmp_path):
+    """An image with an unreadable annotation gives no refs (it could be a distractor), the same
+    file twice is refused, and "the bear" is never 'absent' next to a teddy bear."""
+    paths = write_coco_fixture(str(tmp_path / "coco"), num_train=6, num_val=6, seed=5)
+    data = json.load(open(paths["train_json"]))
+    victim = data["annotations"][0]["image_id"]
+    data["annotations"].append({"id": 10**6, "image_id": victim, "category_id": 1})  # no bbox
+    data["categories"] += [{"id": 23, "name": "bear", "supercategory": "animal"},
+                           {"id": 88, "name": "teddy bear", "supercategory": "indoor"}]
+    json.dump(data, open(paths["train_json"], "w"))
+    build(str(tmp_path / "data"), **paths)
+    refer = REFER(str(tmp_path / "data"), "cocorefs", "unc")
+    assert refer.data["refs"] and all(r["image_id"] != victim for r in refer.data["refs"])
+    with pytest.raises(UserInputError, match="both train and val"):
+        build(str(tmp_path / "data2"), **{**paths, "val_json": paths["train_json"]})
+    from data.coco_refs.build import Builder
+
+    builder = Builder({}, None)
+    builder.set_categories(data["categories"])
+    assert 88 in builder.confusable[23] and 23 in builder.confusable[88] and not builder.confusable[1]

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sentences-per-ref", type=int, default=3)
     parser.add_argument("--no-target-per-image", type=int, default=1, help="with --generalized")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--examples", default="", help="also save a picture of a few refs here (a .png path)")
     return parser
 
 
@@ -79,6 +80,11 @@ def main(argv=None) -> dict:
         sys.stderr.write(f"error: {error}\n")
         sys.exit(1)
     print(format_summary(summary))
+    if args.examples:
+        from data.coco_refs.examples import draw_examples
+
+        for kind, sentences in draw_examples(args.root, summary["dataset"], args.examples, args.splitBy):
+            print(f"  example {kind}: " + " | ".join(sentences))
     return summary
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from data.synthetic.writer import refuse_other_layout
 from errors import UserInputError
 
-from .lexicon import category_synonyms, realize, sentence
+from .lexicon import category_synonyms, nouns, realize, sentence
 from .semantics import denotation, instances, nothing_variants, true_forms
 from .stream import JsonArrayWriter, JsonMapWriter, PickleListWriter, file_size, stream_top_level
 
@@ -38,6 +38,7 @@ class CompactInstances:
         self.columns = {name: array("q") for name in ("id", "image_id", "cat", "crowd")}
         self.box = array("d")  # x, y, w, h, area per annotation
         self.skipped = {"annotations": 0, "images": 0}
+        self.unsafe_images: set = set()  # images with a malformed annotation: it could be a distractor
         bar = _progress(file_size(path), f"reading {os.path.basename(path)}", progress)
         with bar:
             stream_top_level(path, {"images": self._image, "annotations": self._annotation,
@@ -62,14 +63,21 @@ class CompactInstances:
             row = (int(ann["id"]), int(ann["image_id"]), int(ann["category_id"]), int(bool(ann.get("iscrowd", 0))))
             area = float(ann.get("area") or w * h)
         except (KeyError, TypeError, ValueError):
-            self.skipped["annotations"] += 1
+            self._malformed(ann)
             return
         if not all(math.isfinite(v) for v in (x, y, w, h, area)) or w <= 0 or h <= 0:
-            self.skipped["annotations"] += 1
+            self._malformed(ann)
             return
         for name, value in zip(("id", "image_id", "cat", "crowd"), row):
             self.columns[name].append(value)
         self.box.extend((x, y, w, h, area))
+
+    def _malformed(self, ann) -> None:
+        self.skipped["annotations"] += 1
+        try:
+            self.unsafe_images.add(int(ann["image_id"]))
+        except (KeyError, TypeError, ValueError):
+            pass
 
     def arrays(self):
         """Numpy views of the columns, annotation ids unique (the first one kept)."""
@@ -201,6 +209,10 @@ class Builder:
     def set_categories(self, categories: list) -> None:
         self.names = {c["id"]: c["name"] for c in categories}
         self.phraser = Phraser(self.names, {c["id"]: c.get("supercategory") for c in categories})
+        # "the bear" is not absent next to a teddy bear, nor "the dog" next to a hot dog.
+        words = {c: [f" {n} " for n in nouns(name)] for c, name in self.names.items()}
+        self.confusable = {c: {d for d in words if d != c and any(a in b or b in a for a in words[c] for b in words[d])}
+                           for c in words}
 
     def objects(self, rows: list, width: int, height: int) -> tuple[list, bool]:
         """The image's named objects and whether it has annotations of unlisted categories."""
@@ -229,7 +241,7 @@ class Builder:
             ambiguous = {i: f for i, f in forms.items() if counts[i] >= 2}
             split, forms = ("testB", ambiguous) if ambiguous else ("testA", forms)
         present = {obj["cat"] for obj in objects}
-        absent = [c for c in self.names if c not in present]
+        absent = [c for c in self.names if c not in present and not self.confusable[c] & present]
         targets = [int(k) for k in rng.permutation(sorted(forms))[:self.params["max_refs_per_image"]]]
         before = self.out.ref_id
         for i in targets:
@@ -290,6 +302,8 @@ def _generate_source(builder: Builder, source: int, compact: CompactInstances, o
     with _progress(len(compact.images), f"expressions {link}", progress, unit="img") as bar:
         for image_id, start, end in zip(sorted(compact.images), starts, ends):
             bar.update(1)
+            if image_id in compact.unsafe_images:
+                continue
             width, height, file_name = compact.images[image_id]
             rows = [(int(columns["id"][k]) + ann_offset, int(columns["cat"][k]), int(columns["crowd"][k]),
                      tuple(box[k].tolist())) for k in order[start:end]]
@@ -373,6 +387,8 @@ def build(root: str, train_json: str, val_json: str, train_images: str, val_imag
     for path in (train_json, val_json):
         if not os.path.isfile(path):
             raise UserInputError(f"Annotation file '{path}' not found (COCO 2017: annotations/instances_*2017.json).")
+    if os.path.samefile(train_json, val_json):
+        raise UserInputError(f"'{train_json}' is given for both train and val: their images must differ.")
     if not (0 <= min_area < 1 and 0 < val_fraction < 1 and max_refs_per_image >= 1 and sentences_per_ref >= 1
             and no_target_per_image >= 0):
         raise UserInputError("min_area must lie in [0, 1), val_fraction in (0, 1), max_refs_per_image and "
