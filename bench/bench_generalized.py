@@ -4,7 +4,8 @@
     python bench/bench_generalized.py --out /tmp/bg --budget tiny             # a smoke run
 
 Generates a gRefCOCO-layout SynRef set (`python -m data.synthetic --generalized`: about 20% of
-the refs refer to nothing, 20% to several objects), trains the quickstart's earlier nano recipe three
+the refs refer to nothing, 20% to several objects), fine-tunes the shipped pretrained nano backbone
+with the quickstart's recipe (bench/training_runs.py BUDGETS) three
 times for the same number of epochs -- the released model (its "no target" is an empty predicted
 mask), `--no-target-head` (a classifier on the top stage's fused features, trained with a binary
 loss beside the mask loss) and the head with that loss weighted 5 (`--no-target-loss-weight 5`)
