@@ -14,13 +14,20 @@ import pytest
 import torch
 
 from lib.architecture import load_inferred_model
-from lib.checkpoint import CONTENT_HASH_KEY, CheckpointError, content_hash, load_checkpoint_file, save_checkpoint
+from lib.checkpoint import (
+    CONTENT_HASH_KEY,
+    CheckpointError,
+    content_hash,
+    load_checkpoint_file,
+    save_checkpoint,
+)
 from lib.predictor import Predictor
 from lib.referring_model import build_model, load_model
 from lib.weights import model_only_weights
 from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # every test saves and reloads checkpoints with a text encoder (seconds each)
 NANO_LIMIT_BYTES = 10 * 10**6
 
 
