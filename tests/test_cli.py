@@ -100,6 +100,7 @@ def test_registered_fusion_trains_through_train_py(toy_run):
     base, initial = toy_run
     rows = [json.loads(line) for line in (base / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [0] and rows[0]["train_loss"] > 0
+    assert rows[0]["train_loss_ce"] == rows[0]["train_loss"]  # the released loss: weighted CE alone, weight 1
     checkpoint = load_checkpoint_file(base / "run" / "checkpoint_last.pth")
     state = checkpoint["model"]
     assert checkpoint["args"].fusion == "test_word_scale"

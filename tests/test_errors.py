@@ -275,13 +275,15 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, mon
 
     def build_nan_on_second_step(kind, **options):
         criterion = build_criterion(kind, **options)
+        terms = criterion.terms
 
         def nan_on_second_step_of_epoch_1(outputs, target):
             calls.append(1)
-            loss = criterion(outputs, target)
-            return loss * float("nan") if len(calls) == train_objects + 2 else loss
+            found = terms(outputs, target)
+            return {k: v * float("nan") for k, v in found.items()} if len(calls) == train_objects + 2 else found
 
-        return nan_on_second_step_of_epoch_1
+        criterion.terms = nan_on_second_step_of_epoch_1
+        return criterion
 
     # train.py imports build_criterion from lib.criterion each time run_script executes it.
     monkeypatch.setattr(lib.criterion, "build_criterion", build_nan_on_second_step)
