@@ -1,4 +1,4 @@
-# One obvious way to do each thing: `make setup`, `make test`, `make quickstart`.
+# One obvious way to do each thing: `make setup`, `make test` (`make test-fast` while editing), `make quickstart`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # Extra arguments of `make bench`, e.g. BENCH_ARGS="--suite scaling" (Swin-B 480 memory and bf16; ~5 min).
 BENCH_ARGS ?=
 
-.PHONY: setup test quickstart lint bench clean
+.PHONY: setup test test-fast quickstart lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-demo.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The fast tier: no subprocess, no training, no full-checkpoint round trip (tests/conftest.py enforces the first two).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 quickstart: setup
 	$(PY) tools/quickstart.py --out runs/quickstart

@@ -17,7 +17,8 @@ from metrics import sample_record
 
 def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, device, epoch, *, accum_steps=1,
                     print_freq=10, amp_dtype=None, scaler=None, log_file=None):
-    """One pass over `data_loader`; returns the average loss and the last learning rate.
+    """One pass over `data_loader`; returns the average loss, the average of each of the criterion's
+    terms (`loss_<name>`, unweighted) and the last learning rate.
 
     With `accum_steps` N, the gradients of N micro-batches (each loss divided by N) are summed
     before one optimizer step, so `-b 8 --accum-steps 4` steps like a batch of 32; a trailing
@@ -36,7 +37,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, devi
         # Between optimizer steps, DDP need not all-reduce the gradients of every micro-batch.
         sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss = _train_step_loss(model, criterion, images, targets, input_ids, attention_mask, device, amp_dtype)
+            terms = _train_step_terms(model, criterion, images, targets, input_ids, attention_mask, device, amp_dtype)
+            loss = criterion.total(terms)
             _check_finite(loss, epoch, iteration)
             (scaler.scale(loss / accum_steps) if scaler is not None else loss / accum_steps).backward()
         if last_of_group:
@@ -46,19 +48,21 @@ def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, devi
             else:
                 optimizer.step()
             lr_scheduler.step()
-        logger.update(loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        # Each term unweighted under its own name (loss_ce, loss_no_target, ...) beside the weighted total.
+        logger.update(loss=loss.item(), **{f"loss_{name}": value.item() for name, value in terms.items()},
+                      lr=optimizer.param_groups[0]["lr"])
     logger.synchronize_between_processes()
     return {name: meter.global_avg for name, meter in logger.meters.items()}
 
 
-def _train_step_loss(model, criterion, images, targets, input_ids, attention_mask, device, amp_dtype):
+def _train_step_terms(model, criterion, images, targets, input_ids, attention_mask, device, amp_dtype):
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     input_ids = input_ids.squeeze(1).to(device, non_blocking=True)
     attention_mask = attention_mask.squeeze(1).to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         outputs = model(images, input_ids, attention_mask)
-    return criterion(outputs, targets)
+    return criterion.terms(outputs, targets)
 
 
 def _check_finite(loss, epoch, iteration):

@@ -146,7 +146,9 @@ def validate(model, val_set, device, epoch, args, amp_dtype, log_file):
 
 
 def log_epoch(run_dir, log_file, epoch, train_stats, val, best_score, seconds):
-    record = {"epoch": epoch, "train_loss": train_stats["loss"], "lr": train_stats["lr"],
+    terms = {key[len("loss_"):]: value for key, value in train_stats.items() if key.startswith("loss_")}
+    record = {"epoch": epoch, "train_loss": train_stats["loss"], **{f"train_loss_{k}": v for k, v in terms.items()},
+              "lr": train_stats["lr"],
               "val_mean_iou": val["mean_iou"], "val_overall_iou": val["overall_iou"],
               **{f"val_{k}": v for k, v in val.items() if k.startswith(("precision", "gIoU", "cIoU", "N-acc", "T-acc"))},
               "best_overall_iou": best_score, "epoch_time_s": round(seconds, 2)}
@@ -154,7 +156,8 @@ def log_epoch(run_dir, log_file, epoch, train_stats, val, best_score, seconds):
         handle.write(json.dumps(record) + "\n")
     shown = {name: f"{100 * val[key]:.2f}" if val.get(key) is not None else "n/a"
              for name, key in (("mean IoU", "mean_iou"), ("overall IoU", "overall_iou"), ("cIoU", "cIoU"))}
-    message = (f"Epoch {epoch}: train loss {train_stats['loss']:.4f}, val mean IoU {shown['mean IoU']}, overall IoU "
+    shown_terms = " (" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")" if terms else ""
+    message = (f"Epoch {epoch}: train loss {train_stats['loss']:.4f}{shown_terms}, val mean IoU {shown['mean IoU']}, overall IoU "
                f"{shown['overall IoU']}{', cIoU ' + shown['cIoU'] if 'cIoU' in val else ''} "
                f"(best {best_score * 100:.2f}), {seconds:.0f} s")
     print(message)

@@ -6,47 +6,17 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils import data
 
 from bert import load_tokenizer
+from bert.tokenize import expression_problems, tokenize_expressions  # noqa: F401 (re-exported)
 from errors import UserInputError
+from lib.images import decode_rgb_image, eight_bit, rgb_image  # noqa: F401 (re-exported)
 from refer import DATA_SETUP_HINT, GREFER, REFER, grefs_path, object_mask
 
 __all__ = ["ReferDataset", "load_rgb_image", "rgb_image", "eight_bit", "tokenize_expressions", "expression_problems",
            "check_image_size"]
-
-_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def eight_bit(values: np.ndarray) -> np.ndarray:
-    """Pixel values of any depth as uint8: booleans and floats with a peak <= 1 are scaled by 255, values
-    with a peak above 255 (16-bit) by 1/257 (65535 -> 255); anything else is kept, then rounded and clipped."""
-    if values.dtype == np.uint8:
-        return values
-    if values.dtype == np.bool_:
-        return values.astype(np.uint8) * 255
-    floating = np.issubdtype(values.dtype, np.floating)
-    values = values.astype(np.float64)
-    peak = float(values.max()) if values.size else 0.0
-    if floating and peak <= 1.0:
-        values = values * 255.0
-    elif peak > 255:
-        values = values / 257.0
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def rgb_image(image: Image.Image) -> Image.Image:
-    """A PIL image of any mode as 8-bit RGB.
-
-    8-bit modes (L, LA, P, PA, RGBA, CMYK, YCbCr, ...) go through PIL's `convert('RGB')`, as in
-    the released code. PIL would clip 16-bit and float grey images to 255, so those are first
-    scaled to 8 bits with `eight_bit`.
-    """
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
-        image = Image.fromarray(eight_bit(np.asarray(image)))
-    return image.convert("RGB")
-
 
 def load_rgb_image(path: str, what: str = "") -> Image.Image:
     """Open an image file as 8-bit RGB whatever its PIL mode (see `rgb_image`), with errors that name
@@ -54,13 +24,7 @@ def load_rgb_image(path: str, what: str = "") -> Image.Image:
     suffix = f" ({what})" if what else ""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: '{path}'{suffix}. {DATA_SETUP_HINT}")
-    try:
-        with Image.open(path) as image:
-            return rgb_image(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UserInputError(
-            f"Image '{path}'{suffix} cannot be decoded: corrupt or not an image ({type(err).__name__}: {err})."
-        ) from err
+    return decode_rgb_image(path, f"Image '{path}'{suffix}")
 
 
 def check_image_size(image: Image.Image, info: dict, path: str, what: str) -> None:
@@ -71,37 +35,6 @@ def check_image_size(image: Image.Image, info: dict, path: str, what: str) -> No
             f"Image '{path}' ({what}) is {image.width}x{image.height} pixels (width x height), but its entry "
             f"{info.get('id')!r} in instances.json says {info['width']}x{info['height']}: the annotations do not "
             "belong to this file. Fix the entry's width/height or replace the image.")
-
-
-def tokenize_expressions(tokenizer, sentences, max_tokens=20, lengths=None):
-    """Token ids and attention masks (n, max_tokens) int64, as the released pipeline builds them.
-
-    [CLS]/[SEP] are added, the FIRST `max_tokens` ids kept (a long sentence loses its [SEP]),
-    ids padded with 0, and the mask is 1 on kept ids. One batched tokenizer call. A list passed as
-    `lengths` receives each sentence's full token count (for `expression_problems`).
-    """
-    encoded = tokenizer(list(sentences), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    if lengths is not None:
-        lengths.extend(len(token_ids) for token_ids in encoded)
-    ids = torch.zeros(len(encoded), max_tokens, dtype=torch.int64)
-    masks = torch.zeros(len(encoded), max_tokens, dtype=torch.int64)
-    for row, token_ids in enumerate(encoded):
-        kept = token_ids[:max_tokens]
-        ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.int64)
-        masks[row, : len(kept)] = 1
-    return ids, masks
-
-
-def expression_problems(sentences, lengths, max_tokens=20):
-    """(index, what) for each empty expression and each one cut to `max_tokens` tokens."""
-    problems = []
-    for index, (sentence, length) in enumerate(zip(sentences, lengths)):
-        if not sentence.strip():
-            problems.append((index, "is empty: it is encoded as [CLS][SEP], so the model sees no words"))
-        elif length > max_tokens:
-            problems.append((index, f"has {length} tokens with [CLS]/[SEP] and is cut to the first {max_tokens} "
-                                    "(as released): the words after that are not seen"))
-    return problems
 
 
 class ReferDataset(data.Dataset):

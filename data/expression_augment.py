@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from bert import load_tokenizer
-
-from .dataset_refer_bert import tokenize_expressions
-from .probes import category_ids
+from bert.tokenize import tokenize_expressions
+from refer import category_ids
 
 
 class ExpressionAugmentation(torch.utils.data.Dataset):

@@ -27,9 +27,9 @@ import re
 import numpy as np
 
 from bert import load_tokenizer
+from bert.tokenize import tokenize_expressions
 from errors import UserInputError
-
-from .dataset_refer_bert import tokenize_expressions
+from refer import category_ids
 
 PROBES = ("clean", "swap", "category", "empty", "shuffle", "drop-category", "counterfactual")
 
@@ -55,12 +55,6 @@ def category_words(category):
 def drop_category(sentence, words):
     """`sentence` without the tokens in `words` (case-insensitive, trailing punctuation ignored)."""
     return " ".join(w for w in _words(sentence) if re.sub(r"[^\w-]+$", "", w.lower()) not in words)
-
-
-def category_ids(ref):
-    """The referred categories of a ref: one id (REFER) or a list (gRefCOCO, where -1 means none)."""
-    ids = ref["category_id"] if isinstance(ref["category_id"], (list, tuple)) else [ref["category_id"]]
-    return [c for c in ids if c != -1]
 
 
 def _other_ref_in_image(refer, ref):

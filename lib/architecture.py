@@ -13,18 +13,16 @@ one that contradicts the shapes is a `UserInputError` naming both. `load_inferre
 builds that model and loads the checkpoint into it.
 """
 import argparse
-import math
 import os
 import warnings
 from collections.abc import Mapping
-
-import torch
 
 from errors import UserInputError
 
 from . import ranges
 from .checkpoint import (
     CheckpointError,
+    _split_lavt_checkpoint,
     describe_swin,
     load_checkpoint_file,
     load_lavt_checkpoint,
@@ -32,35 +30,23 @@ from .checkpoint import (
     swin_config,
 )
 from .fusion import FUSION_LAYERS
+from .model_config import MODEL_DEFAULTS, SWIN_CONFIGS, TEXT_ENCODERS_BY_WIDTH, window_of_table
 from .referring_model import build_model
-from .segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
 
 __all__ = ["infer_model_args", "load_inferred_model", "add_override_arguments", "OVERRIDABLE"]
 
 # Options an override may set; the ones read off the shapes are checked against them.
 OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "ck_bert", "bert_tokenizer",
                "img_size")
-# Text encoders by feature width, for checkpoints whose args do not name theirs.
-TEXT_ENCODERS_BY_WIDTH = {768: "bert-base-uncased", 384: "minilm"}
 KNOWN_TEXT_ENCODERS = tuple(TEXT_ENCODERS_BY_WIDTH.values())
 RELEASED_IMG_SIZE = 480
 FUSION_KEY = "backbone.layers.0.fusion.image_lang_att.f_key.0.weight"
 BERT_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
-def _model_state_dict(checkpoint, source):
-    for entry in ("model", "state_dict"):
-        if isinstance(checkpoint.get(entry), Mapping):
-            return strip_prefixes(checkpoint[entry])
-    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):  # a bare state dict
-        return strip_prefixes(checkpoint)
-    raise CheckpointError(f"The {source} has no 'model' state dict (entries: {sorted(map(str, checkpoint))[:10]}); "
-                          "is it a LAVT checkpoint?")
-
-
 def _read_shapes(checkpoint, source):
     """What the tensors say: variant, Swin size name, window size and text width."""
-    state = _model_state_dict(checkpoint, source)
+    state = strip_prefixes(_split_lavt_checkpoint(checkpoint, source)[0])
     config = swin_config(state, "backbone.")
     if config is None or not config[1]:
         raise CheckpointError(f"The {source} has no LAVT backbone weights (no backbone.patch_embed.proj.weight or "
@@ -71,7 +57,7 @@ def _read_shapes(checkpoint, source):
         raise CheckpointError(f"The {source} holds {describe_swin(config)[0]}, which is none of the Swin sizes "
                               f"{', '.join(SWIN_CONFIGS)}.")
     table = state[next(k for k in state if k.endswith("relative_position_bias_table"))]
-    window = (math.isqrt(table.shape[0]) + 1) // 2
+    window = window_of_table(table.shape[0])
     if any(k.startswith("text_encoder.") for k in state):
         model, bert = "lavt_one", {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
     elif isinstance(checkpoint.get("bert_model"), Mapping):

@@ -13,9 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .fusion import PWAM, get_fusion, language_gate
+from .model_config import RELEASED_DROP_PATH_RATE
 
-# Stochastic-depth rate of the last block in the released recipe (rates grow linearly from 0).
-RELEASED_DROP_PATH_RATE = 0.3
 # Backbone parameter names containing one of these get no weight decay in the released recipe.
 NO_WEIGHT_DECAY_KEYWORDS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
 

@@ -34,7 +34,9 @@ from numbers import Integral, Real
 import torch
 from torch import nn
 
-from .segmentation import SWIN_CONFIGS
+from .model_config import SWIN_CONFIGS, TEXT_ENCODERS_BY_WIDTH, window_of_table
+from .state_dict import OPTIONAL_BERT_BUFFERS, WRAPPER_PREFIXES, CheckpointError, strip_prefixes  # noqa: F401 (re-exported)
+from .weights import expand_model_only_weights, is_model_only_weights
 
 __all__ = [
     "CheckpointError", "load_checkpoint_file", "load_lavt_checkpoint", "save_checkpoint", "atomic_torch_save",
@@ -47,18 +49,10 @@ __all__ = [
 PLAIN_VALUE_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype, torch.device,
                      torch.Size)
 CONTAINER_TYPES = (dict, OrderedDict, list, tuple, set, argparse.Namespace)
-# Wrappers whose keys get a prefix: DistributedDataParallel / DataParallel and torch.compile.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-# Hugging Face BERT buffers that some transformers versions save and others do not.
-OPTIONAL_BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Swin sizes by (embed_dim, depths), for messages.
 SWIN_SIZES = {(dim, tuple(depths)): name for name, (dim, depths, _) in SWIN_CONFIGS.items()}
 LIST_LIMIT = 8
 CONTENT_HASH_KEY = "content_sha256"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used: refused for safety, truncated/corrupt, or not matching the model."""
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -132,8 +126,6 @@ def load_checkpoint_file(path, map_location="cpu", what=None):
         raise CheckpointError(f"The {label} holds a {type(checkpoint).__name__}, expected a dict (a checkpoint "
                               "or a state dict).")
     _verify_content_hash(checkpoint, label)
-    from .weights import expand_model_only_weights, is_model_only_weights  # it imports this module
-
     if is_model_only_weights(checkpoint):  # every loader then sees the released layout
         checkpoint = expand_model_only_weights(checkpoint, source=label)
     return checkpoint
@@ -235,20 +227,6 @@ def _check_finite(label, state_dicts):
                 "--allow-nonfinite (allow_nonfinite=True) to load it anyway.")
 
 
-def strip_prefixes(state_dict, prefixes=WRAPPER_PREFIXES):
-    """A copy of `state_dict` with the wrapper `prefixes` (e.g. DDP's `module.`) removed from every key."""
-    stripped = OrderedDict()
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        stripped[key] = value
-    return stripped
-
-
 def unwrap_model(model):
     """The module inside DDP / DataParallel / torch.compile wrappers."""
     while True:
@@ -326,9 +304,7 @@ def _mismatch_hints(provided, expected, prefix="backbone."):
     for key, value in provided.items():
         if key.endswith("relative_position_bias_table") and key in expected \
                 and value.shape[0] != expected[key].shape[0]:
-            # A ((2w-1)^2, heads) table belongs to window w.
-            ck_window = (math.isqrt(value.shape[0]) + 1) // 2
-            model_window = (math.isqrt(expected[key].shape[0]) + 1) // 2
+            ck_window, model_window = window_of_table(value.shape[0]), window_of_table(expected[key].shape[0])
             advice = ("pass --window12" if ck_window == 12 else
                       "drop --window12 (default window 7)" if ck_window == 7 and model_window == 12 else
                       f"build the model with window_size={ck_window}")
@@ -345,8 +321,7 @@ def _mismatch_hints(provided, expected, prefix="backbone."):
 
 
 def _text_width_hint(ck_width, model_width):
-    known = {768: "bert-base-uncased", 384: "the packaged MiniLM, --ck_bert minilm"}
-    name = f" ({known[ck_width]})" if ck_width in known else ""
+    name = f" (--ck_bert {TEXT_ENCODERS_BY_WIDTH[ck_width]})" if ck_width in TEXT_ENCODERS_BY_WIDTH else ""
     return (f"the checkpoint was trained with {ck_width}-wide text features{name}, the model takes {model_width}: "
             "build it with the text encoder the checkpoint was trained with (--ck_bert)")
 

@@ -1,7 +1,12 @@
 """Training losses, kept beside the model (as DETR keeps its criterion).
 
-`build_criterion(kind)` returns `criterion(outputs, targets)` where `outputs` is the dict of
-`ReferringModel` (`"logits"` (B, 2, H, W)) and `targets` the int64 masks (B, H, W).
+`build_criterion(kind)` returns a `Criterion`: `criterion.terms(outputs, targets)` gives the named,
+unweighted loss terms, `criterion.weight_dict` their weights (as DETR's criterion and weight_dict),
+and `criterion(outputs, targets)` their weighted sum. `outputs` is the dict of `ReferringModel`
+(`"logits"` (B, 2, H, W)) and `targets` the int64 masks (B, H, W). The training loop logs every term.
+
+A new term is one function `term(outputs, targets) -> scalar` in `TERMS` and one entry in the
+weight_dict that `build_criterion` makes (or a new `LOSSES` choice naming it).
 
 With a no-target head (`"no_target_logits"` (B,) in `outputs`), a binary cross-entropy on it is
 added, weighted by `no_target_weight`. Its label is derived from the target mask -- an all-zero
@@ -13,7 +18,8 @@ is also read as "no target": rare, and then "nothing to segment" is what the mas
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "dice", "ce+dice")
+# --loss choice -> the mask terms it trains with (each with weight 1).
+LOSSES = {"ce": ("ce",), "dice": ("dice",), "ce+dice": ("ce", "dice")}
 CLASS_WEIGHTS = (0.9, 1.1)  # background, object: the released recipe's cross-entropy weights
 
 
@@ -38,19 +44,47 @@ def no_target_loss(no_target_logits, target):
     return F.binary_cross_entropy_with_logits(no_target_logits.float().reshape(-1), is_empty.float())
 
 
+# Term name -> term(outputs, targets), `outputs["logits"]` already in float32 (see Criterion.terms).
+TERMS = {
+    "ce": lambda outputs, targets: weighted_cross_entropy(outputs["logits"], targets),
+    "dice": lambda outputs, targets: soft_dice_loss(outputs["logits"], targets),
+    "no_target": lambda outputs, targets: no_target_loss(outputs["no_target_logits"], targets),
+}
+# A term that reads an optional output runs only when the model returns that output (the head is optional).
+REQUIRED_OUTPUT = {"no_target": "no_target_logits"}
+
+
+class Criterion:
+    """Named loss terms and their weights; calling it gives the weighted sum (the training loss)."""
+
+    def __init__(self, weight_dict):
+        unknown = sorted(set(weight_dict) - set(TERMS))
+        if unknown:
+            raise ValueError(f"unknown loss term(s) {unknown}: known are {sorted(TERMS)}")
+        self.weight_dict = dict(weight_dict)
+
+    def terms(self, outputs, targets):
+        """{name: unweighted scalar} of every weighted term whose inputs `outputs` holds, in weight_dict order."""
+        # One float32 copy shared by the mask terms: under bf16 autocast their gradients then meet in
+        # float32 before the one cast back, as when the loss was a single expression.
+        outputs = {**outputs, "logits": outputs["logits"].float()}
+        return {name: TERMS[name](outputs, targets) for name in self.weight_dict
+                if REQUIRED_OUTPUT.get(name, "logits") in outputs}
+
+    def total(self, terms):
+        """The weighted sum of `terms`, added in their order (so the released 'ce' alone is that value exactly)."""
+        loss = 0
+        for name, value in terms.items():
+            loss = loss + self.weight_dict[name] * value
+        return loss
+
+    def __call__(self, outputs, targets):
+        return self.total(self.terms(outputs, targets))
+
+
 def build_criterion(kind, no_target_weight=1.0):
     """Loss on the model outputs: 'ce' (released), 'dice' or 'ce+dice'; plus `no_target_weight` times
     `no_target_loss` when the outputs hold no-target logits."""
     if kind not in LOSSES:
         raise ValueError(f"--loss {kind!r}: choose one of {', '.join(LOSSES)}")
-    terms = {"ce": [weighted_cross_entropy], "dice": [soft_dice_loss],
-             "ce+dice": [weighted_cross_entropy, soft_dice_loss]}[kind]
-
-    def criterion(outputs, targets):
-        logits = outputs["logits"].float()
-        loss = sum(term(logits, targets) for term in terms)
-        if "no_target_logits" in outputs:
-            loss = loss + no_target_weight * no_target_loss(outputs["no_target_logits"], targets)
-        return loss
-
-    return criterion
+    return Criterion({**{name: 1.0 for name in LOSSES[kind]}, "no_target": no_target_weight})

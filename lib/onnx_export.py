@@ -63,7 +63,7 @@ def sample_inputs(batch, img_size, tokenizer=None, seed=0):
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(batch, 3, img_size, img_size, generator=generator)
     if tokenizer is not None:
-        from data.dataset_refer_bert import tokenize_expressions
+        from bert.tokenize import tokenize_expressions
 
         phrases = ["the man on the left", "a red car", "the dog next to the bench in the back of the picture",
                    "bowl", "the second glass from the right"]

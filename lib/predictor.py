@@ -36,14 +36,15 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from bert import load_tokenizer
-from data.dataset_refer_bert import eight_bit, expression_problems, rgb_image, tokenize_expressions
+from bert.tokenize import expression_problems, tokenize_expressions
 from errors import UserInputError
 from transforms import get_transform
 
 from .architecture import load_inferred_model
+from .images import decode_rgb_image, eight_bit, rgb_image
 
 __all__ = ["Predictor", "Prediction", "open_image"]
 
@@ -79,12 +80,7 @@ def _open_image_file(path):
         raise UserInputError(f"The image '{path}' is a directory; pass an image file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"The image file '{path}' does not exist; check the path.")
-    try:
-        with Image.open(path) as image:
-            return rgb_image(ImageOps.exif_transpose(image))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UserInputError(f"The image '{path}' cannot be decoded: corrupt or not an image "
-                             f"({type(err).__name__}: {err}).") from err
+    return decode_rgb_image(path, f"The image '{path}'", exif_transpose=True)
 
 
 def _array_image(array):

@@ -9,9 +9,8 @@
   read the command-line options of the original code (`swin_type`, `window12`, `mha`, `fusion_drop`,
   `ck_bert`).
 
-`SWIN_CONFIGS` maps a Swin type to (embed_dim, depths, num_heads): the four published sizes plus
-`nano` (32, 2-2-2-2, 1-2-4-8), a small model of our own for CPU runs and tests; it has no
-pretrained Swin weights.
+`SWIN_CONFIGS` and `MODEL_DEFAULTS` live in lib/model_config.py (re-exported here for the callers
+that import them from this module).
 """
 
 import torch.nn.functional as F
@@ -19,24 +18,12 @@ from torch import nn
 
 from errors import UserInputError
 
-from .backbone import RELEASED_DROP_PATH_RATE, MultiModalSwinTransformer
+from .backbone import MultiModalSwinTransformer
 from .decoder import SimpleDecoding
 from .fusion import language_gate
+from .model_config import MODEL_DEFAULTS, RELEASED_DROP_PATH_RATE, SWIN_CONFIGS  # noqa: F401 (re-exported)
 from .no_target import NoTargetHead
-
-SWIN_CONFIGS = {
-    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
-    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
-    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
-    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
-    "nano": (32, [2, 2, 2, 2], [1, 2, 4, 8]),
-}
-
-
-# Options of the released models; args.py and the factories below read their defaults here.
-MODEL_DEFAULTS = {"swin_type": "base", "window12": False, "window_size": None, "mha": "", "fusion_drop": 0.0,
-                  "fusion": "pwam", "drop_path_rate": RELEASED_DROP_PATH_RATE, "checkpoint_activations": False,
-                  "no_target_head": False}
+from .swin_weights import format_load_report, load_pretrained_swin
 
 
 class LAVT(nn.Module):
@@ -144,8 +131,6 @@ def _backbone_options(pretrained, args):
 
 def _load_swin(model, pretrained):
     if pretrained:
-        from .swin_weights import format_load_report, load_pretrained_swin
-
         print(format_load_report(load_pretrained_swin(model.backbone, pretrained)))
     return model
 

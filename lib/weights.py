@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import torch
 
-from .checkpoint import OPTIONAL_BERT_BUFFERS, CheckpointError, strip_prefixes
+from .state_dict import OPTIONAL_BERT_BUFFERS, CheckpointError, strip_prefixes
 
 __all__ = ["WEIGHTS_FORMAT", "STORAGE_DTYPES", "model_only_weights", "expand_model_only_weights",
            "is_model_only_weights"]

@@ -227,3 +227,9 @@ class GREFER(REFER):
         ax.set_title("\n".join(f"{i + 1}. {s['raw']}" for i, s in enumerate(ref["sentences"])), fontsize=8)
         ax.axis("off")
         return ax
+
+
+def category_ids(ref):
+    """The referred categories of a ref: one id (REFER) or a list (gRefCOCO, where -1 means none)."""
+    ids = ref["category_id"] if isinstance(ref["category_id"], (list, tuple)) else [ref["category_id"]]
+    return [c for c in ids if c != -1]

@@ -3,6 +3,8 @@ its peak memory; exercised here on a nano model (timings are not checked: they b
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_model.py"
 
 
@@ -13,6 +15,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_scaling_suite_measures_each_config_in_a_child(capsys):
     bench = load_bench()
     nano = dict(config="nano:64:4", batch=1, warmup=0, repeats=1)

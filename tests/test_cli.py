@@ -95,10 +95,12 @@ def toy_run(tmp_path_factory):
     return base, initial
 
 
+@pytest.mark.slow
 def test_registered_fusion_trains_through_train_py(toy_run):
     base, initial = toy_run
     rows = [json.loads(line) for line in (base / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [0] and rows[0]["train_loss"] > 0
+    assert rows[0]["train_loss_ce"] == rows[0]["train_loss"]  # the released loss: weighted CE alone, weight 1
     checkpoint = load_checkpoint_file(base / "run" / "checkpoint_last.pth")
     state = checkpoint["model"]
     assert checkpoint["args"].fusion == "test_word_scale"
@@ -110,6 +112,7 @@ def test_registered_fusion_trains_through_train_py(toy_run):
                            initial["backbone.layers.0.fusion.word_to_scale.weight"])
 
 
+@pytest.mark.slow
 def test_registered_fusion_evaluates_through_test_py(toy_run, tmp_path, capsys):
     checkpoint = toy_run[0] / "out" / "model_best_c.pth"
     results = tmp_path / "r.json"
@@ -124,6 +127,7 @@ def test_registered_fusion_evaluates_through_test_py(toy_run, tmp_path, capsys):
     assert code == 1 and "error: " in err and "word_to_scale" in err
 
 
+@pytest.mark.slow
 def test_one_checkpoint_at_two_image_sizes_keeps_both_results(toy_run, tmp_path, capsys):
     checkpoint = tmp_path / "toy.pth"
     shutil.copy(toy_run[0] / "out" / "model_best_c.pth", checkpoint)
@@ -154,6 +158,7 @@ BROKEN_FUSION = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_bug_in_a_model_module_shows_a_traceback_naming_file_and_line(tmp_path):
     module = tmp_path / "broken_fusion.py"
     module.write_text(BROKEN_FUSION)

@@ -88,6 +88,7 @@ def checkpoint_72(tmp_path_factory):
 # --------------------------------------------------------------------------- data
 
 
+@pytest.mark.slow
 def test_missing_data_root_exits_1_naming_the_path(tmp_path):
     """The real subprocess: exit code 1, one error line (no traceback) naming the path and the setup docs."""
     missing = tmp_path / "no_refer_data"
@@ -108,12 +109,14 @@ def test_missing_annotation_file_is_named(data_copy, tmp_path, monkeypatch, caps
                  str(data_copy / "refcoco" / name), "Data setup")
 
 
+@pytest.mark.slow
 def test_missing_image_file_is_named(data_copy, tmp_path, monkeypatch, capsys):
     os.remove(data_copy / IMAGE_DIR / TRAIN_IMAGE)
     expect_error("train.py", train_flags(tmp_path, root=data_copy), monkeypatch, capsys,
                  str(data_copy / IMAGE_DIR / TRAIN_IMAGE), "Image file not found")
 
 
+@pytest.mark.slow
 def test_undecodable_image_is_named(data_copy, tmp_path, monkeypatch, capsys):
     (data_copy / IMAGE_DIR / TRAIN_IMAGE).write_bytes(b"\xff\xd8 not really a jpeg")
     expect_error("train.py", train_flags(tmp_path, root=data_copy), monkeypatch, capsys,
@@ -125,6 +128,7 @@ def test_undecodable_image_is_named(data_copy, tmp_path, monkeypatch, capsys):
     ("--splitBy", "umd", "splitBy 'umd'"),
     ("--split", "nosuch", "Unknown split 'nosuch'"),
 ])
+@pytest.mark.slow
 def test_unknown_dataset_splitby_or_split_is_named(checkpoint_72, tmp_path, monkeypatch, capsys, option, value,
                                                    fragment):
     argv = [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val",
@@ -136,6 +140,7 @@ def test_unknown_dataset_splitby_or_split_is_named(checkpoint_72, tmp_path, monk
 # --------------------------------------------------------------------------- sizes and checkpoints
 
 
+@pytest.mark.slow
 def test_img_size_not_a_multiple_of_32_trains_and_evaluates(checkpoint_72, tmp_path, monkeypatch, capsys):
     assert checkpoint_72.is_file()  # the fixture trained at 72 px
     results = tmp_path / "r.json"
@@ -162,6 +167,7 @@ def test_img_size_not_a_multiple_of_32_trains_and_evaluates(checkpoint_72, tmp_p
     (["--model", "lavt_one"], ["lavt_one model", "--model lavt", "missing key"]),
     (["--window12"], ["window 7", "drop --window12", "relative_position_bias_table"]),
 ])
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_names_the_mismatch(checkpoint_72, tmp_path, monkeypatch, capsys,
                                                                extra, fragments):
     argv = [*flags(img_size=72), "--resume", checkpoint_72, "--split", "val", "--results-json",
@@ -180,6 +186,7 @@ def test_resume_of_missing_file_names_flag_and_path(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_output_directories_are_named(checkpoint_72, tmp_path, monkeypatch, capsys):
     # A path below a regular file fails for every user, root included (chmod does not stop root).
     blocker = tmp_path / "a_file"
@@ -231,12 +238,14 @@ def fail_forward(monkeypatch, error, when):
 
 
 @pytest.mark.parametrize("kind", ["cuda", "cpu"])
+@pytest.mark.slow
 def test_out_of_memory_in_training_suggests_smaller_settings(tmp_path, monkeypatch, capsys, kind):
     fail_forward(monkeypatch, OOM_ERRORS[kind], "train")
     expect_error("train.py", [*train_flags(tmp_path), "--img_size", "96"], monkeypatch, capsys, "Out of memory",
                  "--batch-size (now 2)", "--amp bf16", "--img_size (now 96)")
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_validation_and_test_script(checkpoint_72, tmp_path, monkeypatch, capsys):
     fail_forward(monkeypatch, OOM_ERRORS["cpu"], "eval")
     expect_error("train.py", train_flags(tmp_path), monkeypatch, capsys, "can't allocate memory",
@@ -248,12 +257,14 @@ def test_out_of_memory_in_validation_and_test_script(checkpoint_72, tmp_path, mo
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_is_refused_pointing_to_bf16(checkpoint_72, tmp_path, monkeypatch, capsys):
     expect_error("train.py", [*train_flags(tmp_path), "--amp", "fp16"], monkeypatch, capsys, "--amp fp16", "bf16")
     expect_error("test.py", [*flags(), "--resume", checkpoint_72, "--split", "val", "--amp", "fp16"],
                  monkeypatch, capsys, "--amp fp16", "bf16")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, monkeypatch, capsys):
     """A NaN loss at epoch 1, iteration 1 stops the run; epoch 0's checkpoint stays loadable and unchanged."""
     train_objects = 4  # of the fixture; with -b 1 one iteration each
@@ -264,13 +275,15 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(tmp_path, mon
 
     def build_nan_on_second_step(kind, **options):
         criterion = build_criterion(kind, **options)
+        terms = criterion.terms
 
         def nan_on_second_step_of_epoch_1(outputs, target):
             calls.append(1)
-            loss = criterion(outputs, target)
-            return loss * float("nan") if len(calls) == train_objects + 2 else loss
+            found = terms(outputs, target)
+            return {k: v * float("nan") for k, v in found.items()} if len(calls) == train_objects + 2 else found
 
-        return nan_on_second_step_of_epoch_1
+        criterion.terms = nan_on_second_step_of_epoch_1
+        return criterion
 
     # train.py imports build_criterion from lib.criterion each time run_script executes it.
     monkeypatch.setattr(lib.criterion, "build_criterion", build_nan_on_second_step)
@@ -342,6 +355,7 @@ def offline_without_bert_env(tmp_path):
             "PYTHONWARNINGS": "ignore"}
 
 
+@pytest.mark.slow
 def test_missing_default_text_encoder_is_one_error_line_and_writes_nothing(checkpoint_72, tmp_path):
     """Issue 9: the default --ck_bert (bert-base-uncased) missing is an error naming --ck_bert and minilm."""
     default_ck_bert = flags(img_size=72)

@@ -14,13 +14,20 @@ import pytest
 import torch
 
 from lib.architecture import load_inferred_model
-from lib.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
+from lib.checkpoint import (
+    CONTENT_HASH_KEY,
+    CheckpointError,
+    content_hash,
+    load_checkpoint_file,
+    save_checkpoint,
+)
 from lib.predictor import Predictor
 from lib.referring_model import build_model, load_model
 from lib.weights import model_only_weights
 from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # every test saves and reloads checkpoints with a text encoder (seconds each)
 NANO_LIMIT_BYTES = 10 * 10**6
 
 
@@ -113,6 +120,7 @@ def test_trained_text_encoder_is_copied(nano, capsys):
     checkpoint = load_checkpoint_file(nano["checkpoint"])
     key = "encoder.layer.0.attention.self.query.weight"
     checkpoint["bert_model"][key] = checkpoint["bert_model"][key] + 0.5
+    checkpoint[CONTENT_HASH_KEY] = content_hash(checkpoint)  # a trained file, not a damaged one
     trained = str(nano["root"] / "trained_bert.pth")
     torch.save(checkpoint, trained)
     path = export(trained, nano["root"] / "trained_export.pth")

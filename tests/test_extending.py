@@ -49,6 +49,7 @@ def batch(seed):
     return images, words, l_mask, targets
 
 
+@pytest.mark.slow
 def test_worked_example_trains_saves_loads_and_evaluates(tmp_path):
     torch.manual_seed(0)
     model = nano("film").train()

@@ -8,15 +8,12 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # train.py and test.py in subprocesses
 
 
 @pytest.fixture(scope="module")
-def gsynref(tmp_path_factory):
-    from data.synthetic import generate_generalized
-
-    root = tmp_path_factory.mktemp("gdata")
-    generate_generalized(str(root), dataset="gsynref", num_images=16, img_size=64, seed=5)
-    return str(root)
+def gsynref(generated_set):
+    return str(generated_set(generalized=True, dataset="gsynref", num_images=16, img_size=64, seed=5))
 
 
 def run(cmd):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +19,7 @@ def load_gpu_check():
     return module
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_and_exits_0(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "bench/gpu_check.py", "--work-dir", str(tmp_path / "work")], cwd=REPO,

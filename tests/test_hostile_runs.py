@@ -56,6 +56,7 @@ def save_nano(nano, path, **extra):
 
 # ------------------------------------------------------------------------------------------ checkpoints
 @pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_nonfinite_weights_are_refused_naming_the_tensor(nano, tmp_path, bad):
     state = {k: v.clone() for k, v in nano.model.state_dict().items()}
     key = [k for k, v in state.items() if v.is_floating_point()][3]
@@ -72,6 +73,7 @@ def test_nonfinite_weights_are_refused_naming_the_tensor(nano, tmp_path, bad):
         Predictor.from_checkpoint(path)
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_nonfinite_text_encoder_weights_are_refused(nano, tmp_path):
     bert = {k: v.clone() for k, v in nano.bert_model.state_dict().items()}
     key = next(k for k, v in bert.items() if v.is_floating_point())
@@ -83,6 +85,7 @@ def test_nonfinite_text_encoder_weights_are_refused(nano, tmp_path):
         load_lavt_checkpoint(fresh.model, str(path), bert_model=fresh.bert_model)
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_corrupted_bytes_inside_a_tensor_are_detected(nano, tmp_path):
     marker = torch.arange(64, dtype=torch.float64) * 1.000123 + 7.25
     path = save_nano(nano, tmp_path / "c.pth", marker=marker)
@@ -170,6 +173,7 @@ def write_run(files, nano, last=True, best=True, metrics=True):
             handle.write("".join(json.dumps({"epoch": e}) + "\n" for e in range(3)))
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_fresh_run_over_an_earlier_one_stops(nano, tmp_path):
     files = files_in(tmp_path)
     write_run(files, nano)
@@ -199,6 +203,7 @@ def test_resume_auto_without_checkpoint_last_names_model_best(nano, tmp_path):
     assert runs.prepare_run("auto", False, files_in(tmp_path / "new")) == ""  # nothing earlier: fresh
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_corrupted_checkpoint_last_names_the_newest_usable_file(nano, tmp_path):
     files = files_in(tmp_path)
     write_run(files, nano)
@@ -265,6 +270,7 @@ def test_other_oserrors_keep_their_traceback():
         cli.run_cli(main, argparse.ArgumentParser(), argv=[])
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_ctrl_c_prints_one_line_saying_where_to_resume(nano, tmp_path, capsys, monkeypatch):
     files = files_in(tmp_path)
     write_run(files, nano)
@@ -406,6 +412,7 @@ def trained(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_rerun_without_resume_stops_and_keeps_the_earlier_run(trained, monkeypatch, capsys):
     before = {p: p.read_bytes() for p in (trained / "run" / "checkpoint_last.pth", trained / "run" / "metrics.jsonl")}
@@ -414,6 +421,7 @@ def test_rerun_without_resume_stops_and_keeps_the_earlier_run(trained, monkeypat
     assert all(path.read_bytes() == data for path, data in before.items())
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_resume_auto_on_a_finished_run_says_so(trained, monkeypatch, capsys):
     code, out, err = run_script("train.py", train_argv(trained, "--resume", "auto"), get_train_parser(),
@@ -423,6 +431,7 @@ def test_resume_auto_on_a_finished_run_says_so(trained, monkeypatch, capsys):
     assert [json.loads(line)["epoch"] for line in lines] == [0]  # nothing appended
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_results_json_directory_is_refused_before_evaluating(trained, monkeypatch, capsys):
     argv = [*flags(trained), "--resume", str(trained / "out" / "model_best_h.pth"), "--split", "val",
@@ -432,6 +441,7 @@ def test_results_json_directory_is_refused_before_evaluating(trained, monkeypatc
     assert "Mean IoU" not in out and "mean IoU" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_nan_checkpoint_in_test_py_is_one_line(trained, tmp_path, monkeypatch, capsys):
     checkpoint = load_checkpoint_file(trained / "out" / "model_best_h.pth")
@@ -447,6 +457,7 @@ def test_nan_checkpoint_in_test_py_is_one_line(trained, tmp_path, monkeypatch, c
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.slow
 def test_failed_checkpoint_last_save_stops_the_run_before_model_best(tmp_path, monkeypatch, capsys):
     import lib.checkpoint
 

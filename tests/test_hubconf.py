@@ -2,6 +2,7 @@
 import argparse
 import os
 
+import pytest
 import torch
 
 from lib.checkpoint import save_checkpoint
@@ -12,6 +13,7 @@ from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_im
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # saves and loads a checkpoint with a text encoder (seconds)
 def test_lavt_predictor_entry_returns_the_checkpoints_predictor(tmp_path):
     image = write_blocks_image(str(tmp_path / "blocks.png"))
     model, options = half_foreground_nano(image)
@@ -40,6 +42,7 @@ def test_lavt_entry_builds_the_released_options():
     assert {k: v.shape for k, v in hub.state_dict().items()} == {k: v.shape for k, v in reference.items()}
 
 
+@pytest.mark.slow  # saves and loads a checkpoint with a text encoder (seconds)
 def test_lavt_entry_loads_a_checkpoint(tmp_path):
     options = argparse.Namespace(model="lavt", swin_type="nano", window_size=4, ck_bert="minilm",
                                  pretrained_swin_weights="")

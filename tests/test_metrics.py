@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import cli
+import lib.criterion
 import metrics
 from errors import UserInputError
-from lib.criterion import build_criterion, soft_dice_loss
+from lib.criterion import build_criterion, no_target_loss, soft_dice_loss, weighted_cross_entropy
 
 
 def mask(rows):
@@ -81,6 +82,60 @@ def test_dice_loss_is_zero_for_a_confident_perfect_prediction_and_high_when_wron
     assert soft_dice_loss(-perfect, target).item() > 0.9
     combined = build_criterion("ce+dice")({"logits": perfect}, target)
     assert combined.item() == pytest.approx(soft_dice_loss(perfect, target).item(), abs=1e-3)
+
+
+def reference_loss(kind, outputs, target, no_target_weight=1.0):
+    """The criterion as one expression, as it was written before it had named terms."""
+    logits = outputs["logits"].float()
+    mask_terms = {"ce": [weighted_cross_entropy], "dice": [soft_dice_loss],
+                  "ce+dice": [weighted_cross_entropy, soft_dice_loss]}[kind]
+    loss = sum(term(logits, target) for term in mask_terms)
+    if "no_target_logits" in outputs:
+        loss = loss + no_target_weight * no_target_loss(outputs["no_target_logits"], target)
+    return loss
+
+
+@pytest.mark.parametrize("kind", ["ce", "ce+dice"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_named_terms_give_the_single_expression_loss_and_gradient_bit_for_bit(kind, dtype):
+    torch.manual_seed(0)
+    target = torch.randint(0, 2, (3, 8, 8))
+    target[1] = 0  # one no-target sample
+    losses, grads = [], []
+    for compute in (lambda o: build_criterion(kind, no_target_weight=0.3)(o, target),
+                    lambda o: reference_loss(kind, o, target, no_target_weight=0.3)):
+        torch.manual_seed(1)
+        logits = torch.randn(3, 2, 8, 8).to(dtype).requires_grad_()
+        head = torch.randn(3, requires_grad=True)
+        for outputs in ({"logits": logits}, {"logits": logits, "no_target_logits": head}):
+            loss = compute(outputs)
+            losses.append(loss.detach())
+            grads.append(torch.autograd.grad(loss, logits)[0])
+    half = len(losses) // 2
+    assert all(torch.equal(a, b) for a, b in zip(losses[:half], losses[half:], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(grads[:half], grads[half:], strict=True))
+
+
+def test_criterion_names_its_terms_and_weights():
+    torch.manual_seed(0)
+    logits, target, head = torch.randn(2, 2, 4, 4), torch.randint(0, 2, (2, 4, 4)), torch.randn(2)
+    criterion = build_criterion("ce+dice", no_target_weight=0.5)
+    assert criterion.weight_dict == {"ce": 1.0, "dice": 1.0, "no_target": 0.5}
+    assert list(criterion.terms({"logits": logits}, target)) == ["ce", "dice"]  # no head: no no-target term
+    terms = criterion.terms({"logits": logits, "no_target_logits": head}, target)
+    assert torch.equal(terms["ce"], weighted_cross_entropy(logits, target))
+    assert torch.equal(terms["no_target"], no_target_loss(head, target))
+
+
+def test_a_new_term_is_one_function_and_one_weight(monkeypatch):
+    monkeypatch.setitem(lib.criterion.TERMS, "area", lambda outputs, targets: outputs["logits"].softmax(1)[:, 1].mean())
+    logits, target = torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.int64)
+    criterion = lib.criterion.Criterion({"ce": 1.0, "area": 2.0})
+    terms = criterion.terms({"logits": logits}, target)
+    assert terms["area"].item() == pytest.approx(0.5)
+    assert criterion({"logits": logits}, target).item() == pytest.approx(terms["ce"].item() + 1.0)
+    with pytest.raises(ValueError, match="unknown loss term"):
+        lib.criterion.Criterion({"focal": 1.0})
 
 
 def test_unknown_loss_and_fp16_on_cpu_are_refused():

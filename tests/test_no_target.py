@@ -135,7 +135,7 @@ def test_evaluate_records_no_target_flags(tmp_path):
     from data.dataset_refer_bert import ReferDataset
     from data.evaluation import build_eval_loader
     from metrics import summarize_generalized
-    from tests.test_grefer import make_args, write_set
+    from tests.grefer_set import make_args, write_set
     from transforms import get_transform
 
     dataset = ReferDataset(make_args(write_set(tmp_path)), image_transforms=get_transform(32), split="val",

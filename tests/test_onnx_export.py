@@ -25,6 +25,7 @@ for package in ("onnx", "onnxscript", "onnxruntime"):
     pytest.importorskip(package, reason=f"the optional package '{package}' is not installed (requirements-dev.txt)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # the module fixture exports to ONNX (over a minute on a loaded CPU)
 
 
 def export_tool():

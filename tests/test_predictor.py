@@ -75,6 +75,7 @@ class MaskCollector:
 
 # -------------------------------------------------------------------------------- same as test.py
 @pytest.mark.parametrize("split", ["val", "testA"])
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_masks_equal_the_evaluation_path(lavt_checkpoint, predictor, split):
     args = options(refer_data_root=FIXTURE, dataset="refcoco", splitBy="unc", resume=str(lavt_checkpoint))
     dataset = ReferDataset(args, image_transforms=get_transform(64), split=split, eval_mode=True)
@@ -98,6 +99,7 @@ def test_masks_equal_the_evaluation_path(lavt_checkpoint, predictor, split):
     assert 0 < np.mean(foreground) < 1  # the comparison is not between empty (or full) masks
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_docstring_example_runs():
     assert doctest.testmod(predictor_module, raise_on_error=True).attempted > 0
 
@@ -124,6 +126,7 @@ def test_probability_mask_and_text_cache(predictor):
         assert prediction.no_target is None and prediction.no_target_score is None
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_no_target_head_is_found_and_reported(tmp_path):
     model = generated_model(options(no_target_head=True), seed=2)
     with torch.no_grad():
@@ -145,6 +148,7 @@ def test_no_target_head_is_found_and_reported(tmp_path):
     assert all(("finds nothing" in line) == (r.no_target or not r.mask.any()) for line, r in zip(described, results))
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_bf16_autocast_runs(lavt_checkpoint, predictor):
     bf16 = Predictor.from_checkpoint(lavt_checkpoint, amp="bf16")
     ours, theirs = (p.predict(image_files()[2], ["the man on the left"])[0] for p in (bf16, predictor))
@@ -161,6 +165,7 @@ def test_lavt_architecture_read_from_the_checkpoint(predictor):
                                                                                             "minilm", 64)
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_lavt_one_is_recognised_without_flags(tmp_path):
     model = generated_model(options(model="lavt_one", window_size=6), seed=1)
     save_checkpoint(tmp_path / "one.pth", model=model.model, args={"img_size": 64, "lr": 1e-4})  # args w/o model
@@ -175,6 +180,7 @@ def test_lavt_one_is_recognised_without_flags(tmp_path):
     assert np.array_equal(loaded.predict(image, "the cat")[0].mask, expected.argmax(1)[0].numpy().astype(bool))
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_released_layout_without_args(lavt_checkpoint, predictor, tmp_path):
     """A released-style file: DDP 'module.' keys, no args; text encoder chosen by the text width."""
     checkpoint = load_checkpoint_file(lavt_checkpoint)
@@ -189,6 +195,7 @@ def test_released_layout_without_args(lavt_checkpoint, predictor, tmp_path):
     assert np.array_equal(ours.mask, theirs.mask)
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_overrides_that_contradict_the_checkpoint_are_clear_errors(lavt_checkpoint, tmp_path):
     from transformers import BertConfig
 
@@ -277,6 +284,7 @@ def test_demo_directory_image_fails_before_the_output_directory_exists(lavt_chec
     assert not out.exists()
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_demo_writes_masks_overlays_and_explains_empty_masks(lavt_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     code, captured = run_demo(["--resume", str(lavt_checkpoint), "--image", image_files()[3], "--sentence",

@@ -53,6 +53,7 @@ def test_labels_follow_the_visible_objects():
     assert labels[0].max() <= 8 and labels[1].max() <= 8 and labels[2].max() <= 2
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_writes_weights_that_pretrained_swin_weights_loads(tmp_path):
     from lib.segmentation import lavt
 

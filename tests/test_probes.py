@@ -192,6 +192,7 @@ def run(cmd, timeout=300):
     return result
 
 
+@pytest.mark.slow
 def test_probe_tool_gives_the_same_numbers_in_one_and_two_processes(data_root, tmp_path):
     from lib.checkpoint import save_checkpoint
     from lib.referring_model import build_model
@@ -224,12 +225,8 @@ def test_probe_tool_gives_the_same_numbers_in_one_and_two_processes(data_root, t
 
 
 @pytest.fixture(scope="module")
-def generalized_root(tmp_path_factory):
-    from data.synthetic import generate_generalized
-
-    root = tmp_path_factory.mktemp("gdata")
-    generate_generalized(str(root), dataset="gsynref", num_images=12, img_size=64, seed=2)
-    return root
+def generalized_root(generated_set):
+    return generated_set(generalized=True, dataset="gsynref", num_images=12, img_size=64, seed=2)
 
 
 def generalized_set(root, split, eval_mode=True):
@@ -251,9 +248,11 @@ def test_category_probes_on_generalized_sets_use_every_referred_category(general
     assert dropped.ref_ids == clean.ref_ids and dropped.no_target == clean.no_target
 
 
-def test_negative_expressions_work_on_generalized_sets(generalized_root):
-    os.remove(generalized_root / "gsynref" / "counterfactuals(unc).json")  # the absent-category rule
-    negatives = ExpressionAugmentation(generalized_set(generalized_root, "train", eval_mode=False), negative_prob=1.0)
+def test_negative_expressions_work_on_generalized_sets(generalized_root, tmp_path):
+    root = tmp_path / "gdata"
+    shutil.copytree(generalized_root, root)  # the generated set is shared: change a copy
+    os.remove(root / "gsynref" / "counterfactuals(unc).json")  # the absent-category rule
+    negatives = ExpressionAugmentation(generalized_set(root, "train", eval_mode=False), negative_prob=1.0)
     np.random.seed(0)
     targets = [negatives[i][1] for i in range(len(negatives))]
     assert any(not t.any() for t in targets)
@@ -272,6 +271,7 @@ def test_the_no_target_head_is_optimised(generalized_root):
     assert len(build_param_groups(plain)) == len(build_param_groups(with_head)) - 1  # released: 4 groups
 
 
+@pytest.mark.slow  # seconds: builds, saves and reloads models with a text encoder
 def test_clean_on_the_swapped_objects_is_cut_from_the_clean_records(data_root):
     """run_probes reuses the clean records (its own or the caller's) for "clean, swap objects"; the
     numbers equal an evaluation of exactly the swapped objects' expressions."""

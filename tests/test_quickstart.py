@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lib.checkpoint import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     out = tmp_path / "qs"
     cmd = [sys.executable, "tools/quickstart.py", "--out", str(out), "--num-images", "40", "--gen-img-size", "64",

@@ -22,20 +22,6 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "refer_fixture", "
 SIZE = 64
 
 
-@pytest.fixture(scope="module")
-def synref(tmp_path_factory):
-    """A 40-image SynRef set at 64 px, with its refs / instances / sidecar loaded."""
-    root = tmp_path_factory.mktemp("synref")
-    summary = synthetic.generate(str(root), num_images=40, img_size=SIZE, seed=0)
-    data_dir = root / "synref"
-    meta = json.loads((data_dir / "synthetic_scenes.json").read_text())
-    return {
-        "root": root, "summary": summary, "refs": load_refs_pickle(data_dir / "refs(unc).p"),
-        "instances": json.loads((data_dir / "instances.json").read_text()), "meta": meta,
-        "scenes": {scene["image_id"]: scene for scene in meta["scenes"]},
-    }
-
-
 def target_index(scene, ann_id):
     return [obj["ann_id"] for obj in scene["objects"]].index(ann_id)
 
@@ -272,6 +258,7 @@ def test_every_split_loads_through_refer_dataset(synref):
 
 
 # ---- command line and errors ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_command_line_writes_the_layout(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(

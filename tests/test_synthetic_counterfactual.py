@@ -1,29 +1,13 @@
 """Counterfactual expressions (noun kept, one attribute / location / relation changed, nothing
 matches) and the counterfactuals(<splitBy>).json file the generator writes for them."""
-import json
 
 import numpy as np
-import pytest
 
 from data import synthetic
 from data.synthetic import SHAPE_WORDS, counterfactual_form, denotation, realize, referent
 from data.synthetic.language import normalize_sentence
-from refer import load_refs_pickle
 
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def synref(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synref_cf")
-    synthetic.generate(str(root), num_images=40, img_size=SIZE, seed=0)
-    meta = json.loads((root / "synref" / "synthetic_scenes.json").read_text())
-    return {
-        "refs": load_refs_pickle(root / "synref" / "refs(unc).p"), "meta": meta,
-        "counterfactuals": json.loads((root / "synref" / "counterfactuals(unc).json").read_text()),
-        "scenes": {scene["image_id"]: scene for scene in meta["scenes"]},
-        "entries": {e["sent_id"]: e for e in meta["expressions"]},
-    }
 
 
 def changed_slots(original: dict, counterfactual: dict) -> list:

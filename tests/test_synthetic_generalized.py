@@ -235,6 +235,7 @@ def test_same_seed_same_bytes(tmp_path):
     assert a["gsynref/grefs(unc).json"] != c["gsynref/grefs(unc).json"]
 
 
+@pytest.mark.slow
 def test_command_line_generalized(tmp_path):
     def run(*extra):
         return subprocess.run([sys.executable, "-m", "data.synthetic", "--root", str(tmp_path), "--num-images", "12",

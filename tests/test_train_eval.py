@@ -19,7 +19,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # every test runs the scripts
 PY = sys.executable
 GENERATED_SIZE = 80  # images on disk; the model sees --img_size 64
 # Issue 13: both options under torchrun and --resume.
@@ -38,12 +38,9 @@ def env():
 
 
 @pytest.fixture(scope="module")
-def synref(tmp_path_factory):
-    from data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("refer_data")
-    generate(str(root), dataset="synref", num_images=24, img_size=GENERATED_SIZE, seed=3)
-    return str(root)
+def synref(generated_set):
+    """This module's set (24 images at 80 px, seed 3) as the --refer_data_root string."""
+    return str(generated_set(dataset="synref", num_images=24, img_size=GENERATED_SIZE, seed=3))
 
 
 def common_flags(root):

@@ -167,6 +167,7 @@ def assert_same_gradients(got, expected):
     assert sum(bool(value.abs().max() > 0) for value in expected.values()) > len(expected) // 2
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_update_like_one_large_batch(frozen_bn_model):
     micro = training_batches(num_batches=3, batch_size=2)
     accumulated, _, accumulated_steps = train_with(frozen_bn_model, micro, accum_steps=3)
@@ -179,6 +180,7 @@ def test_accumulated_micro_batches_update_like_one_large_batch(frozen_bn_model):
     assert not torch.allclose(single[0][name], large[0][name], rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_accumulation_steps_once_per_group_and_skips_a_trailing_partial_group(frozen_bn_model):
     micro = training_batches(num_batches=5, batch_size=1)
     applied, after, steps = train_with(frozen_bn_model, micro, accum_steps=2)
@@ -191,6 +193,7 @@ def test_accumulation_steps_once_per_group_and_skips_a_trailing_partial_group(fr
     assert not torch.allclose(applied[1][name], second_group[0][name], rtol=1e-2)  # it started from moved weights
 
 
+@pytest.mark.slow
 def test_released_weighted_loss_accumulates_like_data_parallel_ranks(frozen_bn_model):
     """The released class-weighted cross-entropy is a weighted mean per micro-batch, so N micro-batches
     average N such means, exactly as N DDP ranks of the released recipe average their gradients."""
