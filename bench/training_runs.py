@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAINED_NANO = "pretrained_weights/swin_nano_synref.pth"
 BUDGETS = {
     "standard": {"num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
-                 "epochs": 12, "lr": 6e-4, "drop_path": 0.0, "swin_lr_scale": 1.0, "pretrained": PRETRAINED_NANO,
+                 "epochs": 12, "lr": 1e-3, "drop_path": 0.0, "swin_lr_scale": 0.2, "pretrained": PRETRAINED_NANO,
                  "amp": "bf16", "seed": 0},
     "tiny": {"num_images": 40, "gen_img_size": 64, "img_size": 64, "window_size": 4, "batch_size": 8,
              "epochs": 1, "lr": 3e-4, "drop_path": 0.0, "swin_lr_scale": 1.0, "pretrained": "",
