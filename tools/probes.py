@@ -1,6 +1,6 @@
 """Does the model read the words? Evaluate one checkpoint under language probes (data/probes.py).
 
-    python tools/probes.py --resume model.pth --dataset refcoco --split val --img_size 480 --window12 \
+    python tools/probes.py --resume model.pth --dataset refcoco --split val \
         --probes clean,swap,category,empty,shuffle,drop-category --probe-out probes/refcoco_val
 
 Takes every flag of test.py and runs its evaluation once per probe (batched, and distributed
@@ -33,8 +33,8 @@ from data.dataset_refer_bert import ReferDataset  # noqa: E402
 from data.evaluation import build_eval_loader  # noqa: E402
 from data.probes import PROBES, rewrite  # noqa: E402
 from errors import UserInputError  # noqa: E402
+from lib.architecture import load_model  # noqa: E402
 from lib.checkpoint import load_checkpoint_file  # noqa: E402
-from lib.referring_model import load_model  # noqa: E402
 from transforms import get_transform  # noqa: E402
 
 DEFAULT_PROBES = "clean,swap,category,empty,shuffle,drop-category"
@@ -176,9 +176,9 @@ def main(args):
     checkpoint = load_checkpoint_file(args.resume, what="--resume")
     _, _, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)
     amp_dtype = cli.amp_dtype_for(args.amp, device)
+    model = load_model(args, device, checkpoint, allow_nonfinite=args.allow_nonfinite)  # fills in img_size, tokenizer
     dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True,
                            mask_union=args.mask_union)
-    model = load_model(args, device, checkpoint)
     if utils.is_main_process():
         cli.check_writable_dir(args.probe_out, "--probe-out")
     results = run_probes(model, dataset, probes, device, args, amp_dtype)

@@ -202,7 +202,7 @@ def evaluate_checkpoint(opts, out, data_root):
 
     import cli
     from data.dataset_refer_bert import ReferDataset
-    from lib.referring_model import load_model
+    from lib.architecture import load_model
     from transforms import get_transform
 
     checkpoint = os.path.join(out, "model_best_quickstart.pth")
