@@ -13,12 +13,11 @@ import os
 import time
 
 import cli
-import engine
 import metrics
 import utils
 from args import get_test_parser
 from data.dataset_refer_bert import ReferDataset
-from data.evaluation import build_eval_loader
+from data.evaluation import evaluate_dataset
 from errors import UserInputError
 from lib.architecture import load_model
 from lib.checkpoint import load_checkpoint_file
@@ -59,14 +58,12 @@ def main(args):
         cli.check_output_file(output, "--results-json")
     if args.save_predictions:  # every rank writes its own masks there
         cli.check_writable_dir(args.save_predictions, "--save-predictions")
-    writer = metrics.PredictionWriter(args.save_predictions, dataset) if args.save_predictions else None
-    loader = build_eval_loader(dataset, args.eval_batch_size, original_size=args.eval_protocol == "original",
-                               workers=args.workers)
     started = time.time()
     with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
-        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
-                                  no_target_pixels=args.no_target_pixels)
-    summary = metrics.summarize_for(dataset, records)
+        summary, _ = evaluate_dataset(model, dataset, device, max_sentences=args.eval_batch_size,
+                                      original_size=args.eval_protocol == "original", workers=args.workers,
+                                      amp_dtype=amp_dtype, prediction_dir=args.save_predictions,
+                                      no_target_pixels=args.no_target_pixels)
     if utils.is_main_process():
         print(metrics.report_for(summary))
         write_results(output, args, summary, time.time() - started)
