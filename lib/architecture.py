@@ -16,6 +16,7 @@ the Predictor (`load_inferred_model(path)`), the demo and the ONNX export.
 `add_model_arguments` defines the model flags of every script, once.
 """
 import argparse
+import ast
 import os
 import warnings
 from collections.abc import Mapping
@@ -40,10 +41,10 @@ __all__ = ["infer_model_args", "model_from_checkpoint", "load_inferred_model", "
            "add_model_arguments", "add_override_arguments", "OVERRIDABLE"]
 
 # Options an override may set; the ones read off the shapes are checked against them.
-OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "ck_bert", "bert_tokenizer",
-               "img_size", "no_target_head")
+OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "fusion_kwargs", "ck_bert",
+               "bert_tokenizer", "img_size", "no_target_head")
 # Options the checkpoint's args record and the shapes cannot check: a flag must agree with them.
-SAVED_ONLY = ("mha", "fusion")
+SAVED_ONLY = ("mha", "fusion", "fusion_kwargs")
 KNOWN_TEXT_ENCODERS = tuple(TEXT_ENCODERS_BY_WIDTH.values())
 RELEASED_IMG_SIZE = 480
 FUSION_KEY = "backbone.layers.0.fusion.image_lang_att.f_key.0.weight"
@@ -82,10 +83,9 @@ def _check_override(overrides, shapes, saved, source):
         raise UserInputError(f"{given} contradicts the {source}, which holds {found}; drop the option or pass "
                              "another checkpoint.")
 
-    for name in SAVED_ONLY:  # a different fusion would not load; other heads would silently change the model
-        recorded = getattr(saved, name, None)
-        if overrides.get(name) not in (None, recorded) and recorded is not None:
-            clash(f"{name}={overrides[name]!r}", f"a model trained with {name}={recorded!r} (its args)")
+    for name in SAVED_ONLY:  # a different fusion would not load; other heads or options would silently change it
+        if name in overrides and hasattr(saved, name) and overrides[name] != getattr(saved, name):
+            clash(f"{name}={overrides[name]!r}", f"a model trained with {name}={getattr(saved, name)!r} (its args)")
     if overrides.get("no_target_head") not in (None, shapes["no_target_head"]):
         held = "a no-target head" if shapes["no_target_head"] else "no no-target head (no no_target_head.* keys)"
         clash(f"no_target_head={overrides['no_target_head']!r}", held)
@@ -174,7 +174,7 @@ def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
     return argparse.Namespace(
         model=shapes["model"], swin_type=shapes["swin_type"], window_size=shapes["window_size"],
         window12=shapes["window_size"] == 12, mha=option("mha", MODEL_DEFAULTS["mha"]),
-        fusion=fusion, ck_bert=ck_bert,
+        fusion=fusion, fusion_kwargs=option("fusion_kwargs", MODEL_DEFAULTS["fusion_kwargs"]), ck_bert=ck_bert,
         bert_tokenizer=_tokenizer_name(overrides, saved, ck_bert),
         img_size=_saved_img_size(overrides, saved, source), no_target_head=shapes["no_target_head"],
         pretrained_swin_weights="")
@@ -215,6 +215,21 @@ def load_model(args, device, checkpoint=None, allow_nonfinite=False):
     return model.to(device)
 
 
+def parse_fusion_kwargs(text):
+    """'scale=0.5,mode=sum' -> {'scale': 0.5, 'mode': 'sum'}: Python literals (numbers, True, None, quoted
+    strings) are read as such, anything else is a string; '' -> None (no options)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs joined by commas, got {item!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options or None
+
+
 # The model flags of every script, defined here once: (name, flags, add_argument options, help).
 _MODEL_FLAGS = (
     ("model", ("--model",), {"choices": ["lavt", "lavt_one"]},
@@ -229,6 +244,8 @@ _MODEL_FLAGS = (
      "text encoder: Hugging Face name, local directory, or 'minilm' (packaged offline)"),
     ("mha", ("--mha",), {}, "fusion heads per stage, e.g. 4-4-4-4 (empty: one each)"),
     ("fusion", ("--fusion",), {}, "pixel-word fusion module (pwam: the released one; add one in lib/fusion/)"),
+    ("fusion_kwargs", ("--fusion-kwargs",), {"type": parse_fusion_kwargs, "metavar": "KEY=VALUE,..."},
+     "the fusion module's own keyword arguments, e.g. scale=0.5 (saved in the checkpoint's args)"),
     ("no_target_head", ("--no-target-head",), {"action": "store_true"},
      "add a classifier that says 'no object matches' (generalized RIS, gRefCOCO); without it, an empty "
      "predicted mask means no target"),
