@@ -3,15 +3,22 @@
 Every flag of the original LAVT scripts keeps its name and default, so the commands of the
 original README work unchanged. Each script shows only the flags it uses:
 `get_train_parser()`, `get_test_parser()`; `get_parser()` is the training parser (the original
-`args.get_parser`). Model defaults come from lib/segmentation.py (`MODEL_DEFAULTS`), the one
-place they are written.
+`args.get_parser`). Model defaults come from lib/model_config.py (`MODEL_DEFAULTS`), the one
+place they are written; the model flags are defined once, in lib/architecture.py, and shared with
+the scripts that read the model from a checkpoint (test.py, the probes, the demo, the ONNX export),
+where they default to "read from the checkpoint".
 """
 import argparse
 
 from lib import ranges
+from lib.architecture import OVERRIDABLE, add_model_arguments
 from lib.criterion import LOSSES
-from lib.fusion import FUSION_LAYERS
-from lib.segmentation import MODEL_DEFAULTS, SWIN_CONFIGS
+from lib.model_config import MODEL_DEFAULTS
+
+# Defaults of train.py's model flags (a new model); the flags themselves are defined in lib/architecture.py.
+TRAINING_DEFAULTS = {**MODEL_DEFAULTS, "model": "lavt", "ck_bert": "bert-base-uncased",
+                     "bert_tokenizer": "bert-base-uncased", "img_size": 480}
+ARCHITECTURE_FLAGS = tuple(name for name in OVERRIDABLE if name not in ("img_size", "bert_tokenizer"))
 
 
 def positive_int(text):
@@ -34,8 +41,6 @@ def nonempty(text):
     return text
 
 
-img_size_flag = ranges.flag_type(int, ranges.check_img_size)
-window_size_flag = ranges.flag_type(int, ranges.check_window_size)
 device_flag = ranges.flag_type(str, ranges.check_device)
 non_negative_int = ranges.flag_type(int, ranges.check_int, 0)
 seed_flag = ranges.flag_type(int, ranges.check_int, 0, ranges.MAX_SEED)
@@ -57,7 +62,7 @@ def _new_parser(description):
     return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
 
 
-def add_data_args(parser):
+def add_data_args(parser, from_checkpoint=False):
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="refcoco",
                        help="refcoco, refcoco+, refcocog, grefcoco, or a generated set (e.g. synref) under --refer_data_root")
@@ -66,9 +71,7 @@ def add_data_args(parser):
     group.add_argument("--coco2017-dir", default=None, dest="coco2017_dir",
                        help="COCO 2017 train2017 folder, used when an image is missing from the train2014 folder "
                             "(found automatically under --refer_data_root when not given)")
-    group.add_argument("--img_size", default=480, type=img_size_flag, help="images are resized to img_size x img_size")
-    group.add_argument("--bert_tokenizer", default="bert-base-uncased",
-                       help="tokenizer: Hugging Face name, local directory, or 'minilm' (packaged offline)")
+    add_model_arguments(group, ("img_size", "bert_tokenizer"), None if from_checkpoint else TRAINING_DEFAULTS)
     group.add_argument("--mask-union", action="store_true", dest="mask_union",
                        help="object = union of the annotation's polygons; the released rule (default) makes pixels "
                             "where two polygons of one object overlap background")
@@ -77,26 +80,13 @@ def add_data_args(parser):
     return group
 
 
-def add_model_args(parser):
+def add_model_args(parser, from_checkpoint=False):
+    """The model flags: defaults of a new model (train.py), or, `from_checkpoint`, None: read from
+    the checkpoint, a flag given being checked against it (test.py, the probes)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="lavt", choices=["lavt", "lavt_one"],
-                       help="lavt: BERT outside the model (saved as bert_model); lavt_one: BERT inside")
-    group.add_argument("--swin_type", default="base", choices=list(SWIN_CONFIGS),
-                       help="Swin size; nano is this project's CPU-sized model (embed 32, depths 2-2-2-2)")
-    group.add_argument("--window12", action="store_true",
-                       help="Swin window 12 (implied by 'window12' in the --pretrained_swin_weights path)")
-    group.add_argument("--window-size", default=None, type=window_size_flag, dest="window_size",
-                       help="override the Swin window size (7, or 12 with --window12, when not given)")
-    group.add_argument("--ck_bert", default="bert-base-uncased",
-                       help="text encoder: Hugging Face name, local directory, or 'minilm' (packaged offline)")
-    group.add_argument("--mha", default=MODEL_DEFAULTS["mha"], help="fusion heads per stage, e.g. 4-4-4-4 (empty: one each)")
+    add_model_arguments(group, ARCHITECTURE_FLAGS, None if from_checkpoint else TRAINING_DEFAULTS)
     group.add_argument("--fusion_drop", default=MODEL_DEFAULTS["fusion_drop"], type=probability,
                        help="dropout rate inside the fusion modules")
-    group.add_argument("--fusion", default=MODEL_DEFAULTS["fusion"], choices=sorted(FUSION_LAYERS),
-                       help="pixel-word fusion module (pwam: the released one; add one in lib/fusion.py)")
-    group.add_argument("--no-target-head", action="store_true", dest="no_target_head",
-                       help="add a classifier that says 'no object matches' (generalized RIS, gRefCOCO); "
-                            "without it, an empty predicted mask means no target")
     group.add_argument("--pretrained_swin_weights", default="",
                        help="Swin classification checkpoint (official or timm format)")
     group.add_argument("--ddp_trained_weights", action="store_true",
@@ -194,7 +184,9 @@ def get_train_parser():
 
 def get_test_parser():
     parser = _new_parser("Evaluate a LAVT checkpoint on one split")
-    for add in (add_data_args, add_model_args, add_evaluation_args, add_runtime_args):
+    add_data_args(parser, from_checkpoint=True)
+    add_model_args(parser, from_checkpoint=True)
+    for add in (add_evaluation_args, add_runtime_args):
         add(parser)
     return parser
 

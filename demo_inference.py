@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 import cli
-from lib.architecture import OVERRIDABLE, add_override_arguments
+from lib.architecture import add_override_arguments, overrides_from
 from lib.predictor import Predictor, open_image
 
 # Outline colours; each overlay uses the one farthest from the object's mean colour.
@@ -68,7 +68,7 @@ def describe(index, prediction, path):
 
 def main(args):
     image = open_image(args.image)  # a bad --image fails before anything is written
-    overrides = {name: getattr(args, name) for name in OVERRIDABLE}
+    overrides = overrides_from(args)
     predictor = Predictor.from_checkpoint(args.resume, device=cli.resolve_device(args.device),
                                           amp=None if args.amp == "off" else args.amp, **overrides)
     used = predictor.args

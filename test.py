@@ -1,8 +1,10 @@
 """Evaluate a LAVT checkpoint on one split: mean IoU, precision@0.5..0.9 and overall IoU.
 
-Works with this project's checkpoints and with the ones released with the LAVT paper, e.g.
-`python test.py --model lavt --swin_type base --dataset refcoco --split val
- --resume ./checkpoints/refcoco.pth --workers 4 --ddp_trained_weights --window12 --img_size 480`.
+Works with this project's checkpoints and with the ones released with the LAVT paper. The
+architecture (variant, Swin size, window, text encoder, fusion, input size) is read from the
+checkpoint, so `python test.py --dataset refcoco --split val --resume ./checkpoints/refcoco.pth`
+is enough; the original command, with `--model lavt --swin_type base --window12 --img_size 480
+--ddp_trained_weights`, works too, and a model flag that contradicts the checkpoint is an error.
 Prints the released test.py's report and writes the same numbers to a JSON file. Runs in one
 process or distributed (`torchrun --nproc_per_node N test.py ...`) with identical numbers.
 """
@@ -11,15 +13,14 @@ import os
 import time
 
 import cli
-import engine
 import metrics
 import utils
 from args import get_test_parser
 from data.dataset_refer_bert import ReferDataset
-from data.evaluation import build_eval_loader
+from data.evaluation import evaluate_dataset
 from errors import UserInputError
+from lib.architecture import load_model
 from lib.checkpoint import load_checkpoint_file
-from lib.referring_model import load_model
 from transforms import get_transform
 
 
@@ -48,22 +49,21 @@ def main(args):
     checkpoint = load_checkpoint_file(args.resume, what="--resume")  # before any output directory is made
     _, _, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)
     amp_dtype = cli.amp_dtype_for(args.amp, device)
+    # First the model: it fills in the options the dataset and the results file need (img_size, tokenizer).
+    model = load_model(args, device, checkpoint, allow_nonfinite=args.allow_nonfinite)
     output = results_path(args)
     dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True,
                            mask_union=args.mask_union)
-    model = load_model(args, device, checkpoint, allow_nonfinite=args.allow_nonfinite)
     if utils.is_main_process():
         cli.check_output_file(output, "--results-json")
     if args.save_predictions:  # every rank writes its own masks there
         cli.check_writable_dir(args.save_predictions, "--save-predictions")
-    writer = metrics.PredictionWriter(args.save_predictions, dataset) if args.save_predictions else None
-    loader = build_eval_loader(dataset, args.eval_batch_size, original_size=args.eval_protocol == "original",
-                               workers=args.workers)
     started = time.time()
     with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
-        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
-                                  no_target_pixels=args.no_target_pixels)
-    summary = metrics.summarize_for(dataset, records)
+        summary, _ = evaluate_dataset(model, dataset, device, max_sentences=args.eval_batch_size,
+                                      original_size=args.eval_protocol == "original", workers=args.workers,
+                                      amp_dtype=amp_dtype, prediction_dir=args.save_predictions,
+                                      no_target_pixels=args.no_target_pixels)
     if utils.is_main_process():
         print(metrics.report_for(summary))
         write_results(output, args, summary, time.time() - started)

@@ -18,12 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 import cli
 import engine
-import metrics
 import utils
 from args import get_train_parser
 from bert import resolve_text_model
 from data.dataset_refer_bert import ReferDataset
-from data.evaluation import build_eval_loader
+from data.evaluation import evaluate_dataset
 from data.expression_augment import ExpressionAugmentation
 from errors import UserInputError
 from lib import runs
@@ -138,10 +137,9 @@ def validate(model, val_set, device, epoch, args, amp_dtype, log_file):
     "no target" answers, on generalized sets.
     """
     with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
-        loader = build_eval_loader(val_set, args.eval_batch_size, one_sentence_seed=args.seed + epoch)
-        records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, print_freq=max(len(loader) // 4, 1),
+        val, _ = evaluate_dataset(model, val_set, device, max_sentences=args.eval_batch_size,
+                                  one_sentence_seed=args.seed + epoch, amp_dtype=amp_dtype, progress_lines=4,
                                   log_file=log_file, no_target_pixels=args.no_target_pixels)
-    val = metrics.summarize_for(val_set, records)
     return val, (val["cIoU"] if val_set.generalized else val["overall_iou"]) or 0.0
 
 

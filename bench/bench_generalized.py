@@ -56,23 +56,22 @@ def score(opts, checkpoint, split):
     import torch
 
     import cli
-    import engine
-    import metrics
     from args import get_test_parser
     from data.dataset_refer_bert import ReferDataset
-    from data.evaluation import build_eval_loader
-    from lib.architecture import load_inferred_model
+    from data.evaluation import evaluate_dataset
+    from lib.architecture import load_model
     from transforms import get_transform
 
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
-    args = get_test_parser().parse_args([*training_runs.model_flags(opts.out, DATASET, opts), "--split", split])
-    model, _ = load_inferred_model(checkpoint)  # the head, if any, is read off the checkpoint
-    dataset = ReferDataset(args, image_transforms=get_transform(opts.img_size), split=split, eval_mode=True)
+    args = get_test_parser().parse_args([*training_runs.model_flags(opts.out, DATASET, opts), "--split", split,
+                                         "--resume", str(checkpoint)])
     device = torch.device("cpu")
-    records = engine.evaluate(model, build_eval_loader(dataset, 32), device,
-                              amp_dtype=cli.amp_dtype_for(opts.amp, device), print_freq=10**9)
-    return metrics.summarize_generalized(records)
+    model = load_model(args, device)  # as test.py: the head, if any, is read off the checkpoint
+    dataset = ReferDataset(args, image_transforms=get_transform(opts.img_size), split=split, eval_mode=True)
+    summary, _ = evaluate_dataset(model, dataset, device, max_sentences=32, amp_dtype=cli.amp_dtype_for(opts.amp, device),
+                                  print_freq=10**9)
+    return summary  # a generalized set: summarize_for gives ReLA's metrics (metrics.summarize_generalized)
 
 
 def table(results):

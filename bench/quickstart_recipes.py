@@ -71,10 +71,22 @@ def slug(name):
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
+def _train_step(model, optimizer, batch):
+    """One bf16 optimizer step of `model` on `batch` = (image, words, mask, target)."""
+    import torch
+    import torch.nn.functional as F
+
+    image, words, mask, target = batch
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(image, words, mask)
+    F.cross_entropy(logits.float(), target).backward()
+    optimizer.step()
+
+
 def measure_cost(names, steps=6):
     """CPU seconds per optimizer step (random data, bf16 autocast) of each recipe's model and batch."""
     import torch
-    import torch.nn.functional as F
 
     from lib.segmentation import SWIN_CONFIGS, build_lavt
 
@@ -88,18 +100,11 @@ def measure_cost(names, steps=6):
         b, size = r["batch_size"], r["img_size"]
         image, words = torch.randn(b, 3, size, size), torch.randn(b, 384, 20)
         mask, target = torch.ones(b, 20, 1), torch.randint(0, 2, (b, size, size))
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(image, words, mask)
-            F.cross_entropy(logits.float(), target).backward()
-            optimizer.step()
-
-        step()
+        batch = (image, words, mask, target)
+        _train_step(model, optimizer, batch)  # warm-up, not timed
         started = time.perf_counter()
         for _ in range(steps):
-            step()
+            _train_step(model, optimizer, batch)
         seconds = (time.perf_counter() - started) / steps
         print(f"| {name} | {b} | {size} | {seconds:.3f} | {b / seconds:.0f} |", flush=True)
 

@@ -5,10 +5,16 @@ shard of the objects (`utils.ShardSampler`), objects are grouped so that a batch
 `max_sentences` sentences, and `collate_sentences` flattens each object's sentences into one
 batch of samples. In eval mode every sample is computed independently, so the grouping changes
 speed, never results.
+
+`evaluate_dataset(model, dataset, device, ...)` is the one evaluation pipeline (split -> loader ->
+`engine.evaluate` records -> `metrics.summarize_for` summary) that train.py's validation, test.py,
+the probes, the quickstart and the benches run.
 """
 import numpy as np
 import torch
 
+import engine
+import metrics
 import utils
 
 
@@ -98,3 +104,23 @@ def build_eval_loader(dataset, max_sentences=16, one_sentence_seed=None, origina
     return torch.utils.data.DataLoader(
         samples, batch_sampler=SentenceBudgetBatchSampler(shard, counts, max_sentences),
         num_workers=workers, pin_memory=pin_memory, collate_fn=collate_sentences)
+
+
+def evaluate_dataset(model, dataset, device, *, max_sentences=16, one_sentence_seed=None, original_size=False,
+                     workers=0, amp_dtype=None, prediction_dir="", print_freq=100, progress_lines=None,
+                     log_file=None, no_target_pixels=1):
+    """(summary, records) of `model` on the eval-mode `dataset`, over all ranks.
+
+    The loader options are `build_eval_loader`'s; `prediction_dir`: where each rank writes its masks
+    and the main rank predictions.jsonl (nothing when empty); `progress_lines`: log about that many
+    progress lines per pass instead of one every `print_freq` batches. The summary is the one the
+    dataset is reported with (`metrics.summarize_for`: generalized or classic).
+    """
+    writer = metrics.PredictionWriter(prediction_dir, dataset) if prediction_dir else None
+    loader = build_eval_loader(dataset, max_sentences, one_sentence_seed=one_sentence_seed,
+                               original_size=original_size, workers=workers)
+    if progress_lines is not None:
+        print_freq = max(len(loader) // progress_lines, 1)
+    records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
+                              print_freq=print_freq, log_file=log_file, no_target_pixels=no_target_pixels)
+    return metrics.summarize_for(dataset, records), records

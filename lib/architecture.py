@@ -9,10 +9,14 @@ what they can: the Swin size (embed dim from `patch_embed.proj.weight`, depths f
 embeddings) and the optional no-target head (`no_target_head.*` keys). The checkpoint's `args` (ours and the released ones carry the training options)
 fill in what shapes cannot tell (fusion heads `mha`, `fusion`, the text encoder's name, the
 tokenizer, `img_size`); released defaults fill in the rest. An override replaces any of these;
-one that contradicts the shapes is a `UserInputError` naming both. `load_inferred_model(path)`
-builds that model and loads the checkpoint into it.
+one that contradicts the shapes, or the fusion options the checkpoint's args record, is a
+`UserInputError` naming both. `model_from_checkpoint(checkpoint, overrides)` builds that model and
+loads the checkpoint into it: the one way from a checkpoint to a model, used by test.py, the probes,
+the Predictor (`load_inferred_model(path)`), the demo and the ONNX export.
+`add_model_arguments` defines the model flags of every script, once.
 """
 import argparse
+import ast
 import os
 import warnings
 from collections.abc import Mapping
@@ -33,11 +37,14 @@ from .fusion import FUSION_LAYERS
 from .model_config import MODEL_DEFAULTS, SWIN_CONFIGS, TEXT_ENCODERS_BY_WIDTH, window_of_table
 from .referring_model import build_model
 
-__all__ = ["infer_model_args", "load_inferred_model", "add_override_arguments", "OVERRIDABLE"]
+__all__ = ["infer_model_args", "model_from_checkpoint", "load_inferred_model", "load_model", "overrides_from",
+           "add_model_arguments", "add_override_arguments", "OVERRIDABLE"]
 
 # Options an override may set; the ones read off the shapes are checked against them.
-OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "ck_bert", "bert_tokenizer",
-               "img_size")
+OVERRIDABLE = ("model", "swin_type", "window12", "window_size", "mha", "fusion", "fusion_kwargs", "ck_bert",
+               "bert_tokenizer", "img_size", "no_target_head")
+# Options the checkpoint's args record and the shapes cannot check: a flag must agree with them.
+SAVED_ONLY = ("mha", "fusion", "fusion_kwargs")
 KNOWN_TEXT_ENCODERS = tuple(TEXT_ENCODERS_BY_WIDTH.values())
 RELEASED_IMG_SIZE = 480
 FUSION_KEY = "backbone.layers.0.fusion.image_lang_att.f_key.0.weight"
@@ -71,10 +78,17 @@ def _read_shapes(checkpoint, source):
             "no_target_head": any(k.startswith("no_target_head.") for k in state)}
 
 
-def _check_override(overrides, shapes, source):
+def _check_override(overrides, shapes, saved, source):
     def clash(given, found):
         raise UserInputError(f"{given} contradicts the {source}, which holds {found}; drop the option or pass "
                              "another checkpoint.")
+
+    for name in SAVED_ONLY:  # a different fusion would not load; other heads or options would silently change it
+        if name in overrides and hasattr(saved, name) and overrides[name] != getattr(saved, name):
+            clash(f"{name}={overrides[name]!r}", f"a model trained with {name}={getattr(saved, name)!r} (its args)")
+    if overrides.get("no_target_head") not in (None, shapes["no_target_head"]):
+        held = "a no-target head" if shapes["no_target_head"] else "no no-target head (no no_target_head.* keys)"
+        clash(f"no_target_head={overrides['no_target_head']!r}", held)
 
     if overrides.get("model") not in (None, shapes["model"]):
         where = "text_encoder.* weights inside the model" if shapes["model"] == "lavt_one" else "a separate bert_model"
@@ -147,7 +161,7 @@ def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
     saved = checkpoint.get("args")
     saved = saved if isinstance(saved, argparse.Namespace) else argparse.Namespace()
     shapes = _read_shapes(checkpoint, source)
-    _check_override(overrides, shapes, source)
+    _check_override(overrides, shapes, saved, source)
 
     def option(name, default):
         return overrides.get(name, getattr(saved, name, default))
@@ -160,17 +174,15 @@ def infer_model_args(checkpoint, overrides=None, source="checkpoint"):
     return argparse.Namespace(
         model=shapes["model"], swin_type=shapes["swin_type"], window_size=shapes["window_size"],
         window12=shapes["window_size"] == 12, mha=option("mha", MODEL_DEFAULTS["mha"]),
-        fusion=fusion, ck_bert=ck_bert,
+        fusion=fusion, fusion_kwargs=option("fusion_kwargs", MODEL_DEFAULTS["fusion_kwargs"]), ck_bert=ck_bert,
         bert_tokenizer=_tokenizer_name(overrides, saved, ck_bert),
         img_size=_saved_img_size(overrides, saved, source), no_target_head=shapes["no_target_head"],
         pretrained_swin_weights="")
 
 
-def load_inferred_model(path, allow_nonfinite=False, **overrides):
-    """(`ReferringModel` in eval mode on the CPU with the weights of `path`, its build options);
-    NaN/inf weights are refused unless `allow_nonfinite`."""
-    checkpoint = load_checkpoint_file(path)
-    source = f"checkpoint '{os.fspath(path)}'"
+def model_from_checkpoint(checkpoint, overrides=None, source="checkpoint", allow_nonfinite=False):
+    """(`ReferringModel` in eval mode on the CPU with the weights of `checkpoint` (a loaded dict), its
+    build options); NaN/inf weights are refused unless `allow_nonfinite`."""
     args = infer_model_args(checkpoint, overrides, source=source)
     model = build_model(args, pretrained=False)
     load_lavt_checkpoint(model.model, checkpoint, bert_model=model.bert_model, source=source,
@@ -178,16 +190,94 @@ def load_inferred_model(path, allow_nonfinite=False, **overrides):
     return model.eval(), args
 
 
-def add_override_arguments(parser):
-    """The command-line flags of `OVERRIDABLE` (default None: read from the checkpoint), as a group."""
-    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
-    group.add_argument("--model", choices=["lavt", "lavt_one"])
-    group.add_argument("--swin_type", choices=list(SWIN_CONFIGS))
-    group.add_argument("--window12", action="store_true", default=None)
-    group.add_argument("--window-size", type=ranges.flag_type(int, ranges.check_window_size), dest="window_size")
-    group.add_argument("--mha", help="fusion heads per stage, e.g. 4-4-4-4")
-    group.add_argument("--fusion")
-    group.add_argument("--ck_bert", help="text encoder: Hugging Face name, local directory, or 'minilm'")
-    group.add_argument("--bert_tokenizer")
-    group.add_argument("--img_size", type=ranges.flag_type(int, ranges.check_img_size), help="input size (default: the training size in the checkpoint)")
+def load_inferred_model(path, allow_nonfinite=False, **overrides):
+    """`model_from_checkpoint` of the file `path`."""
+    return model_from_checkpoint(load_checkpoint_file(path), overrides, source=f"checkpoint '{os.fspath(path)}'",
+                                 allow_nonfinite=allow_nonfinite)
+
+
+def overrides_from(args):
+    """The model options given on a command line parsed with `add_model_arguments` (None: not given)."""
+    return {name: getattr(args, name, None) for name in OVERRIDABLE}
+
+
+def load_model(args, device, checkpoint=None, allow_nonfinite=False):
+    """The model of the checkpoint `args.resume` (or the loaded `checkpoint`) on `device`, in eval mode,
+    with the model flags of `args` as overrides. `args` is then updated to the options the model was
+    built with, so what follows (the dataset's img_size and tokenizer, reports) describes that model."""
+    if checkpoint is None:
+        checkpoint = load_checkpoint_file(args.resume, what="--resume")
+    model, used = model_from_checkpoint(checkpoint, overrides_from(args),
+                                        source=f"checkpoint '{args.resume}' (--resume)",
+                                        allow_nonfinite=allow_nonfinite)
+    for name in OVERRIDABLE:
+        setattr(args, name, getattr(used, name))
+    return model.to(device)
+
+
+def parse_fusion_kwargs(text):
+    """'scale=0.5,mode=sum' -> {'scale': 0.5, 'mode': 'sum'}: Python literals (numbers, True, None, quoted
+    strings) are read as such, anything else is a string; '' -> None (no options)."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs joined by commas, got {item!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options or None
+
+
+# The model flags of every script, defined here once: (name, flags, add_argument options, help).
+_MODEL_FLAGS = (
+    ("model", ("--model",), {"choices": ["lavt", "lavt_one"]},
+     "lavt: BERT outside the model (saved as bert_model); lavt_one: BERT inside"),
+    ("swin_type", ("--swin_type",), {"choices": list(SWIN_CONFIGS)},
+     "Swin size; nano is this project's CPU-sized model (embed 32, depths 2-2-2-2)"),
+    ("window12", ("--window12",), {"action": "store_true"},
+     "Swin window 12 (implied by 'window12' in the --pretrained_swin_weights path)"),
+    ("window_size", ("--window-size",), {"type": ranges.flag_type(int, ranges.check_window_size)},
+     "override the Swin window size (7, or 12 with --window12, when not given)"),
+    ("ck_bert", ("--ck_bert",), {},
+     "text encoder: Hugging Face name, local directory, or 'minilm' (packaged offline)"),
+    ("mha", ("--mha",), {}, "fusion heads per stage, e.g. 4-4-4-4 (empty: one each)"),
+    ("fusion", ("--fusion",), {}, "pixel-word fusion module (pwam: the released one; add one in lib/fusion/)"),
+    ("fusion_kwargs", ("--fusion-kwargs",), {"type": parse_fusion_kwargs, "metavar": "KEY=VALUE,..."},
+     "the fusion module's own keyword arguments, e.g. scale=0.5 (saved in the checkpoint's args)"),
+    ("no_target_head", ("--no-target-head",), {"action": "store_true"},
+     "add a classifier that says 'no object matches' (generalized RIS, gRefCOCO); without it, an empty "
+     "predicted mask means no target"),
+    ("img_size", ("--img_size",), {"type": ranges.flag_type(int, ranges.check_img_size)},
+     "images are resized to img_size x img_size"),
+    ("bert_tokenizer", ("--bert_tokenizer",), {},
+     "tokenizer: Hugging Face name, local directory, or 'minilm' (packaged offline)"),
+)
+
+
+def add_model_arguments(group, names, defaults=None):
+    """Add the model flags `names` (of `OVERRIDABLE`) to `group`.
+
+    With `defaults` (train.py: a new model) each flag gets its default there; without, every default
+    is None, meaning "read from the checkpoint", and a flag given is an override checked against it.
+    """
+    for name, option_strings, options, text in _MODEL_FLAGS:
+        if name not in names:
+            continue
+        options = dict(options, dest=name)
+        if defaults is None:
+            options["default"] = None
+            text += " (default: read from the checkpoint)"
+        else:
+            options["default"] = defaults[name]
+        if name == "fusion" and defaults is not None:  # read from a checkpoint, infer_model_args checks it
+            options["choices"] = sorted(FUSION_LAYERS)
+        group.add_argument(*option_strings, help=text, **options)
     return group
+
+
+def add_override_arguments(parser):
+    """All the model flags, read from the checkpoint unless given (demo, ONNX export), as a group."""
+    group = parser.add_argument_group("model (read from the checkpoint; give one only to override it)")
+    return add_model_arguments(group, OVERRIDABLE)

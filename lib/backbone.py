@@ -1,7 +1,7 @@
 """Multi-modal Swin Transformer: the LAVT encoder that fuses words into every stage.
 
 Each stage runs shifted-window Swin blocks, then a fusion layer (the Pixel-Word Attention Module,
-PWAM, by default; any registered in lib/fusion.py) gives language-aware features F_i;
+PWAM, by default; any registered in the lib/fusion package) gives language-aware features F_i;
 `norm{i}(F_i)` goes to the decoder, while `x + gate(F_i) * F_i` is patch-merged into the next stage. Any input size works: maps are zero-padded to the patch size,
 to the window size (before the cyclic shift) and to even sizes for merging, and cropped back.
 Parameter names follow the released LAVT checkpoints (see tests/fixtures/official_state_dict_keys.json).
@@ -168,7 +168,7 @@ class MultiModalStage(nn.Module):
     """One backbone stage (`layers.i`): Swin blocks, fusion, language gate, optional patch merging.
 
     `fusion_layer(dim, text_dim, num_heads=fusion_heads, dropout=fusion_drop)` and `gate_layer(dim)`
-    build the `fusion` and `res_gate` submodules (contracts in lib/fusion.py). With
+    build the `fusion` and `res_gate` submodules (contracts in lib/fusion/pwam.py). With
     `grad_checkpointing`, each Swin block and the fusion keep only their inputs for the backward
     pass and run again there (same gradients: the RNG state of DropPath/dropout is replayed).
     """
@@ -222,7 +222,7 @@ class MultiModalStage(nn.Module):
 class MultiModalSwinTransformer(nn.Module):
     """LAVT backbone: returns `[norm_i(F_i)]` as maps (B, C * 2**i, H_i, W_i), one per stage.
 
-    `fusion_layer`: a name registered in lib/fusion.py or a callable; `gate_layer`: a callable.
+    `fusion_layer`: a name registered in the lib/fusion package or a callable; `gate_layer`: a callable.
     """
 
     def __init__(self, embed_dim, depths, num_heads, window_size=7, text_dim=768, fusion_heads=(1, 1, 1, 1),

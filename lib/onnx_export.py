@@ -48,13 +48,12 @@ class OnnxReferringModel(nn.Module):
                                           if getattr(referring_model.model, "no_target_head", None) is not None
                                           else [])
 
+    def _encode_text(self, input_ids, attention_mask):
+        return self.referring_model.bert_model(input_ids, attention_mask=attention_mask)[0]
+
     def forward(self, image, input_ids, attention_mask):
         model = self.referring_model
-        if model.bert_model is None:
-            outputs = model.model.forward_outputs(image, input_ids, l_mask=attention_mask)
-        else:
-            words = model.bert_model(input_ids, attention_mask=attention_mask)[0]
-            outputs = model.model.forward_outputs(image, words.transpose(1, 2), attention_mask.unsqueeze(-1))
+        outputs = model.forward_with(self._encode_text, image, input_ids, attention_mask)
         return tuple(outputs[name] for name in self.output_names)
 
 

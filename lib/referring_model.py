@@ -7,8 +7,8 @@ no-target head). `model` is the released LAVT module (`checkpoint['model']`);
 `lavt_one`, whose BERT is `model.text_encoder`.
 
 `build_model(args)` reads the command-line options of the original code (`model`, `swin_type`,
-`window12`, `ck_bert`, `pretrained_swin_weights`, ...); `load_model(args, device)` builds the
-architecture and loads `args.resume` into it, in eval mode.
+`window12`, `ck_bert`, `pretrained_swin_weights`, ...); a model is loaded from a checkpoint by
+lib/architecture.py (`model_from_checkpoint`, `load_model`), which reads these options off it.
 """
 import torch
 from torch import nn
@@ -16,7 +16,6 @@ from torch import nn
 from bert import load_text_encoder
 
 from . import segmentation
-from .checkpoint import load_checkpoint_file, load_lavt_checkpoint
 
 MODEL_FACTORIES = {"lavt": segmentation.lavt, "lavt_one": segmentation.lavt_one}
 
@@ -71,9 +70,14 @@ class ReferringModel(nn.Module):
     def forward(self, images, input_ids, attention_mask):
         """images (B, 3, H, W); input_ids, attention_mask (B, N_l) -> {"logits": (B, 2, H, W)}, plus
         "no_target_logits" (B,) when the model has a no-target head (positive: nothing is referred)."""
+        return self.forward_with(self.encode_text, images, input_ids, attention_mask)
+
+    def forward_with(self, encode_text, images, input_ids, attention_mask):
+        """`forward`, the separate BERT's word features coming from `encode_text(input_ids, attention_mask)`
+        (the ONNX export passes the BERT itself: a graph has no feature cache)."""
         if self.bert_model is None:
             return self.model.forward_outputs(images, input_ids, l_mask=attention_mask)
-        hidden = self.encode_text(input_ids, attention_mask)
+        hidden = encode_text(input_ids, attention_mask)
         return self.model.forward_outputs(images, hidden.transpose(1, 2), attention_mask.unsqueeze(-1))
 
 
@@ -90,14 +94,3 @@ def build_model(args, pretrained=True):
     model = MODEL_FACTORIES[args.model](pretrained=swin_weights, args=args)
     bert_model = load_text_encoder(args.ck_bert, pretrained=pretrained) if args.model == "lavt" else None
     return ReferringModel(model, bert_model)
-
-
-def load_model(args, device, checkpoint=None, allow_nonfinite=False):
-    """The model of `args` with the weights of `checkpoint` (default: the file `args.resume`), in eval mode;
-    NaN/inf weights are refused unless `allow_nonfinite`."""
-    if checkpoint is None:
-        checkpoint = load_checkpoint_file(args.resume, what="--resume")
-    referring_model = build_model(args, pretrained=False)
-    load_lavt_checkpoint(referring_model.model, checkpoint, bert_model=referring_model.bert_model,
-                         source=f"checkpoint '{args.resume}' (--resume)", allow_nonfinite=allow_nonfinite)
-    return referring_model.to(device).eval()

@@ -20,7 +20,7 @@ from errors import UserInputError
 
 from .backbone import MultiModalSwinTransformer
 from .decoder import SimpleDecoding
-from .fusion import language_gate
+from .fusion import fusion_with_options, language_gate
 from .model_config import MODEL_DEFAULTS, RELEASED_DROP_PATH_RATE, SWIN_CONFIGS  # noqa: F401 (re-exported)
 from .no_target import NoTargetHead
 from .swin_weights import format_load_report, load_pretrained_swin
@@ -73,7 +73,7 @@ def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 
     """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
     (then the text width is its `config.hidden_size`).
 
-    `fusion_layer`: a name registered in lib/fusion.py (`pwam`, the released module, by default) or a
+    `fusion_layer`: a name registered in the lib/fusion package (`pwam`, the released module, by default) or a
     callable following the fusion contract there; `gate_layer(dim)` builds each stage's `res_gate`.
     `no_target_head`: add the no-target classifier on the top stage (lib/no_target.py; not released).
     `checkpoint_activations`: recompute the Swin blocks and fusion in the backward pass (same
@@ -124,7 +124,7 @@ def _backbone_options(pretrained, args):
                 fusion_heads=parse_fusion_heads(_option(args, "mha")),
                 fusion_drop=_option(args, "fusion_drop"),
                 drop_path_rate=_option(args, "drop_path_rate"),
-                fusion_layer=_option(args, "fusion"),
+                fusion_layer=fusion_with_options(_option(args, "fusion"), _option(args, "fusion_kwargs")),
                 checkpoint_activations=_option(args, "checkpoint_activations"),
                 no_target_head=_option(args, "no_target_head"))
 

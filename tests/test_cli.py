@@ -122,9 +122,12 @@ def test_registered_fusion_evaluates_through_test_py(toy_run, tmp_path, capsys):
     record = json.loads(results.read_text())
     assert record["num_samples"] > 0 and 0.0 <= record["mean_iou"] <= 100.0
     assert "Mean IoU is" in out
-    # The released fusion cannot load it: --fusion is what builds the toy module.
-    code, _, err = run_script("test.py", evaluate, capsys)
-    assert code == 1 and "error: " in err and "word_to_scale" in err
+    # Without --fusion the fusion is read from the checkpoint's args (same numbers); another one is refused.
+    code, out_read, err = run_script("test.py", evaluate, capsys)
+    assert code == 0, err[-2000:]
+    assert json.loads(results.read_text())["mean_iou"] == record["mean_iou"]
+    code, _, err = run_script("test.py", [*evaluate, "--fusion", "pwam"], capsys)
+    assert code == 1 and "error: fusion='pwam' contradicts" in err and "fusion='test_word_scale'" in err
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.architecture import load_inferred_model
+from lib.architecture import load_inferred_model, load_model
 from lib.checkpoint import (
     CONTENT_HASH_KEY,
     CheckpointError,
@@ -22,7 +22,7 @@ from lib.checkpoint import (
     save_checkpoint,
 )
 from lib.predictor import Predictor
-from lib.referring_model import build_model, load_model
+from lib.referring_model import build_model
 from lib.weights import model_only_weights
 from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image
 
@@ -111,7 +111,7 @@ def test_every_loader_accepts_the_file(nano):
     assert (used.model, used.swin_type, used.window_size, used.ck_bert, used.img_size) == ("lavt", "nano", 4,
                                                                                             "minilm", 64)
     assert next(model.parameters()).dtype == torch.float32
-    # test.py: its own options, build_model + load
+    # test.py: its flags as overrides of what the file says
     args = argparse.Namespace(**vars(nano["options"]), resume=path)
     assert next(load_model(args, "cpu").parameters()).dtype == torch.float32
 

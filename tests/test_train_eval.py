@@ -146,7 +146,7 @@ def test_batched_evaluation_equals_sentence_by_sentence(trained, synref, tmp_pat
     from args import get_test_parser
     from data.dataset_refer_bert import ReferDataset
     from data.evaluation import build_eval_loader
-    from lib.referring_model import load_model
+    from lib.architecture import load_model
     from transforms import get_transform
 
     cpu = torch.device("cpu")

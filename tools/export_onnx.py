@@ -19,7 +19,7 @@ import cli  # noqa: E402
 from bert import load_tokenizer  # noqa: E402
 from errors import UserInputError  # noqa: E402
 from lib import ranges  # noqa: E402
-from lib.architecture import OVERRIDABLE, add_override_arguments, load_inferred_model  # noqa: E402
+from lib.architecture import add_override_arguments, load_inferred_model, overrides_from  # noqa: E402
 from lib.onnx_export import (  # noqa: E402
     OPSET,
     compare_with_pytorch,
@@ -76,7 +76,7 @@ def main(args):
         raise UserInputError(f"--out '{args.out}': the directory '{out_dir}' does not exist.")
     cli.check_output_file(args.out, "--out")  # before the export, which takes a while
     check_opset_supported(args.opset)
-    model, used = load_inferred_model(args.resume, **{name: getattr(args, name) for name in OVERRIDABLE})
+    model, used = load_inferred_model(args.resume, **overrides_from(args))
     tokenizer = load_tokenizer(used.bert_tokenizer)
     print(f"Exporting {used.model}, Swin-{used.swin_type}, window {used.window_size}, text encoder {used.ck_bert}, "
           f"input {used.img_size} x {used.img_size}")

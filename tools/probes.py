@@ -1,6 +1,6 @@
 """Does the model read the words? Evaluate one checkpoint under language probes (data/probes.py).
 
-    python tools/probes.py --resume model.pth --dataset refcoco --split val --img_size 480 --window12 \
+    python tools/probes.py --resume model.pth --dataset refcoco --split val \
         --probes clean,swap,category,empty,shuffle,drop-category --probe-out probes/refcoco_val
 
 Takes every flag of test.py and runs its evaluation once per probe (batched, and distributed
@@ -25,16 +25,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
-import engine  # noqa: E402
 import metrics  # noqa: E402
 import utils  # noqa: E402
 from args import get_test_parser  # noqa: E402
 from data.dataset_refer_bert import ReferDataset  # noqa: E402
-from data.evaluation import build_eval_loader  # noqa: E402
+from data.evaluation import evaluate_dataset  # noqa: E402
 from data.probes import PROBES, rewrite  # noqa: E402
 from errors import UserInputError  # noqa: E402
+from lib.architecture import load_model  # noqa: E402
 from lib.checkpoint import load_checkpoint_file  # noqa: E402
-from lib.referring_model import load_model  # noqa: E402
 from transforms import get_transform  # noqa: E402
 
 DEFAULT_PROBES = "clean,swap,category,empty,shuffle,drop-category"
@@ -121,16 +120,16 @@ def bar_chart(results, path):
 def evaluate_probe(model, dataset, probe, device, args, amp_dtype, prediction_dir=""):
     """(summary, rewritten dataset, per-sample records) of `dataset` under `probe`."""
     probed = rewrite(dataset, probe, seed=args.probe_seed)
-    writer = metrics.PredictionWriter(prediction_dir, probed) if prediction_dir else None
-    loader = build_eval_loader(probed, args.eval_batch_size, original_size=args.eval_protocol == "original",
-                               workers=args.workers)
-    records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,
-                              print_freq=10**9, no_target_pixels=args.no_target_pixels)
-    return summarize_probe(probed, probe, records), probed, records
+    summary, records = evaluate_dataset(model, probed, device, max_sentences=args.eval_batch_size,
+                                        original_size=args.eval_protocol == "original", workers=args.workers,
+                                        amp_dtype=amp_dtype, prediction_dir=prediction_dir, print_freq=10**9,
+                                        no_target_pixels=args.no_target_pixels)
+    return summarize_probe(probed, probe, records, summary), probed, records
 
 
-def summarize_probe(probed, probe, records):
-    summary = metrics.summarize_for(probed, records)
+def summarize_probe(probed, probe, records, summary=None):
+    """The probe's summary of `records` (`summary`: their `metrics.summarize_for`, when already computed)."""
+    summary = dict(summary) if summary is not None else metrics.summarize_for(probed, records)
     # On generalized sets mean / overall IoU are those of the target samples (gIoU etc. are kept too);
     # a probe left with no target sample at all has nothing to measure them on.
     summary.update({key: summary[key] or 0.0 for key in ("mean_iou", "overall_iou")})
@@ -176,9 +175,9 @@ def main(args):
     checkpoint = load_checkpoint_file(args.resume, what="--resume")
     _, _, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)
     amp_dtype = cli.amp_dtype_for(args.amp, device)
+    model = load_model(args, device, checkpoint, allow_nonfinite=args.allow_nonfinite)  # fills in img_size, tokenizer
     dataset = ReferDataset(args, image_transforms=get_transform(args.img_size), split=args.split, eval_mode=True,
                            mask_union=args.mask_union)
-    model = load_model(args, device, checkpoint)
     if utils.is_main_process():
         cli.check_writable_dir(args.probe_out, "--probe-out")
     results = run_probes(model, dataset, probes, device, args, amp_dtype)

@@ -136,14 +136,10 @@ def mean_iou_by_expression_type(dataset, prediction_dir, scenes_path):
 
 
 def evaluate_split(model, dataset, device, amp_dtype, prediction_dir=""):
-    import engine
-    import metrics
-    from data.evaluation import build_eval_loader
+    from data.evaluation import evaluate_dataset
 
-    writer = metrics.PredictionWriter(prediction_dir, dataset) if prediction_dir else None
-    records = engine.evaluate(model, build_eval_loader(dataset, EVAL_BATCH), device, amp_dtype=amp_dtype,
-                              prediction_writer=writer, print_freq=10**9)
-    return metrics.summarize(records), records
+    return evaluate_dataset(model, dataset, device, max_sentences=EVAL_BATCH, amp_dtype=amp_dtype,
+                            prediction_dir=prediction_dir, print_freq=10**9)
 
 
 SPLIT_MEANING = {
@@ -204,7 +200,7 @@ def evaluate_checkpoint(opts, out, data_root):
 
     import cli
     from data.dataset_refer_bert import ReferDataset
-    from lib.referring_model import load_model
+    from lib.architecture import load_model
     from transforms import get_transform
 
     checkpoint = os.path.join(out, "model_best_quickstart.pth")

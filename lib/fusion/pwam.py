@@ -1,15 +1,15 @@
-"""Language-vision fusion of LAVT: the Pixel-Word Attention Module (PWAM), the language gate, and
-the registry through which new fusion modules reach the model builder.
+"""Language-vision fusion of LAVT: the Pixel-Word Attention Module (PWAM) and the language gate.
 
 Shapes: visual tokens `x` (B, HW, C), word features `l_feats` (B, C_t, N_l), word mask `l_mask`
 (B, N_l, 1) with 1 for real words and 0 for padding. Submodule names and `nn.Sequential`
 layouts follow the released checkpoints (`vis_project.0`, `image_lang_att.f_query.0`, ...).
 
 Contracts (see docs/extending.md):
-- fusion layer: `fusion_layer(dim, text_dim, num_heads=..., dropout=...)` returns a module whose
-  `forward(x, l_feats, l_mask)` maps x (B, HW, C) to language-aware features F (B, HW, C);
-  it must ignore padded words (l_mask == 0). Register it with `@register_fusion("name")` to make
-  `build_lavt(fusion_layer="name")` (and `--fusion name`) build it into every stage.
+- fusion layer: `fusion_layer(dim, text_dim, num_heads=..., dropout=..., **its own options)` returns
+  a module whose `forward(x, l_feats, l_mask)` maps x (B, HW, C) to language-aware features
+  F (B, HW, C); it must ignore padded words (l_mask == 0). Register it with
+  `@register_fusion("name")` (lib/fusion/registry.py) to make `build_lavt(fusion_layer="name")`
+  (and `--fusion name`) build it into every stage.
 - gate layer: `gate_layer(dim)` returns a module mapping F (B, HW, C) to per-channel weights
   (B, HW, C); the stage feeds `x + gate(F) * F` to the next stage.
 """
@@ -18,30 +18,7 @@ from torch import nn
 
 from errors import UserInputError
 
-# Name -> fusion class. `pwam` is the released LAVT module and the default everywhere.
-FUSION_LAYERS = {}
-
-
-def register_fusion(name):
-    """Class decorator: `@register_fusion("mine")` makes `build_lavt(fusion_layer="mine")` build it."""
-    def register(fusion_layer):
-        taken = FUSION_LAYERS.get(name)
-        if taken is not None and taken is not fusion_layer:
-            raise ValueError(f"register_fusion: the name '{name}' is already taken by {taken.__module__}."
-                             f"{taken.__qualname__}; choose another name")
-        FUSION_LAYERS[name] = fusion_layer
-        return fusion_layer
-    return register
-
-
-def get_fusion(fusion_layer):
-    """A registered name (e.g. 'pwam') or a callable following the fusion contract -> the callable."""
-    if callable(fusion_layer):
-        return fusion_layer
-    if fusion_layer not in FUSION_LAYERS:
-        raise UserInputError(f"fusion '{fusion_layer}' is unknown; registered fusion layers: "
-                         f"{', '.join(sorted(FUSION_LAYERS))} (add one with @register_fusion in lib/fusion.py)")
-    return FUSION_LAYERS[fusion_layer]
+from .registry import register_fusion
 
 
 class PixelWordAttention(nn.Module):
