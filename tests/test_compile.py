@@ -113,15 +113,19 @@ def _one_step(model, batches, accum_steps):
 
 
 def assert_close_gradients(got, expected, tolerance=1e-3):
-    """Per parameter, |got - expected| / |expected| (Euclidean norms) within `tolerance`: Inductor fuses
-    and reorders float32 reductions, and the earliest layers' gradients collect those differences
-    through every block, so element-wise bounds would flag rounding on near-zero entries."""
+    """Per parameter, |got - expected| <= tolerance x max(|expected|, 1% of the largest |expected|), in
+    Euclidean norms. Inductor fuses and reorders float32 reductions; the floor covers gradients that are
+    zero in theory (biases followed by an InstanceNorm), where only rounding is left to compare."""
     assert got.keys() == expected.keys()
-    errors = {name: ((got[name] - value).norm() / value.norm().clamp_min(1e-12)).item()
-              for name, value in expected.items() if value.norm() > 0}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= tolerance, f"{worst}: relative gradient error {errors[worst]:.2e}"
-    assert len(errors) > len(expected) // 2  # most parameters got a gradient
+    norms = {name: value.norm().item() for name, value in expected.items()}
+    floor = 0.01 * max(norms.values())
+    errors = {name: (got[name] - value).norm().item() / max(norms[name], floor) for name, value in expected.items()}
+    worst = sorted(errors, key=errors.get)[-3:]
+    assert errors[worst[-1]] <= tolerance, ", ".join(
+        f"{name}: error {errors[name]:.2e} (|gradient| {norms[name]:.2e}, floor {floor:.2e})" for name in worst)
+    # Not vacuous: most parameters have a gradient, and many a large one (80 of 199 in the nano model).
+    assert sum(norm > 0 for norm in norms.values()) > len(norms) // 2
+    assert sum(norm > floor for norm in norms.values()) > len(norms) // 4
 
 
 @pytest.mark.slow
