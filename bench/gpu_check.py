@@ -1,7 +1,9 @@
 """GPU check: training and evaluation on one CUDA device in fp32, bf16 and fp16, unattended.
 
-    python bench/gpu_check.py                          # 3.5 minutes on an H200 (2026-11-26)
-    python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (no fp16)
+    python bench/gpu_check.py                          # steps 1-4: 3.5 minutes on an H200 (2026-11-26);
+                                                       # step 5 stops starting rows at --budget-s (450 s)
+    python bench/gpu_check.py --only-full-model --budget-s 460   # step 5 alone
+    python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (no fp16, no compile)
 
 Without a CUDA device (and without --device cpu) it says so and exits with code 0.
 1. generates a small SynRef set (`python -m data.synthetic`) in a temporary directory;
