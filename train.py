@@ -122,8 +122,8 @@ def build_training_model(args, device, world_size):
 
 
 def build_optimizer(model_without_ddp, args, device):
-    """AdamW of the released recipe; on CUDA, torch's default is its foreach kernel (same arithmetic as a loop
-    over the parameters), and --fused-adamw picks the fused one."""
+    """AdamW of the released recipe, in torch's default implementation unless --fused-adamw asks for the
+    fused CUDA kernel (whose rounding differs in the last bits)."""
     fused = args.fused_adamw and device.type == "cuda"
     if args.fused_adamw and not fused:
         print(f"--fused-adamw: the fused kernel is used on CUDA only; {device.type} keeps the default AdamW.")
