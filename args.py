@@ -109,6 +109,20 @@ def add_runtime_args(parser):
     return group
 
 
+def add_speed_args(parser):
+    """Opt-in speed levers of train.py; none is on by default, so the released arithmetic is kept."""
+    group = parser.add_argument_group("speed (opt-in)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (compiles during the first steps; checkpoints are the same)")
+    group.add_argument("--tf32", action="store_true",
+                       help="CUDA: TF32 matmuls and convolutions (10-bit mantissa products; faster on Ampere and "
+                            "later, not bit-identical to fp32)")
+    group.add_argument("--fused-adamw", action="store_true", dest="fused_adamw",
+                       help="CUDA: the fused AdamW kernel (one launch for all parameters; rounding differs from "
+                            "the default implementation in the last bits)")
+    return group
+
+
 def add_training_args(parser):
     group = parser.add_argument_group("training")
     group.add_argument("-b", "--batch-size", default=8, type=positive_int, help="batch size per process")
@@ -177,7 +191,7 @@ def add_no_target_decision_args(group):
 
 def get_train_parser():
     parser = _new_parser("Train LAVT on a REFER-format dataset")
-    for add in (add_data_args, add_model_args, add_training_args, add_runtime_args):
+    for add in (add_data_args, add_model_args, add_training_args, add_runtime_args, add_speed_args):
         add(parser)
     return parser
 

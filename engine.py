@@ -7,6 +7,8 @@ dataset order); `metrics` turns records into numbers.
 """
 import contextlib
 import itertools
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,9 @@ from metrics import sample_record
 def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, device, epoch, *, accum_steps=1,
                     print_freq=10, amp_dtype=None, scaler=None, log_file=None):
     """One pass over `data_loader`; returns the average loss, the average of each of the criterion's
-    terms (`loss_<name>`, unweighted) and the last learning rate.
+    terms (`loss_<name>`, unweighted), the last learning rate, and the seconds of the first
+    micro-batch's forward, backward and step (`first_step_s`; with --compile it includes compiling)
+    and the median of the others (`step_s`).
 
     With `accum_steps` N, the gradients of N micro-batches (each loss divided by N) are summed
     before one optimizer step, so `-b 8 --accum-steps 4` steps like a batch of 32; a trailing
@@ -29,8 +33,10 @@ def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, devi
     logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.2e}"))
     num_micro_batches = len(data_loader) // accum_steps * accum_steps
     batches = itertools.islice(data_loader, num_micro_batches)
+    step_seconds = []
     for iteration, (images, targets, input_ids, attention_mask) in enumerate(
             logger.log_every(batches, print_freq, f"Epoch: [{epoch}]", total=num_micro_batches)):
+        started = time.perf_counter()
         last_of_group = (iteration + 1) % accum_steps == 0
         if iteration % accum_steps == 0:
             optimizer.zero_grad(set_to_none=True)
@@ -48,11 +54,16 @@ def train_one_epoch(model, criterion, data_loader, optimizer, lr_scheduler, devi
             else:
                 optimizer.step()
             lr_scheduler.step()
-        # Each term unweighted under its own name (loss_ce, loss_no_target, ...) beside the weighted total.
+        # Each term unweighted under its own name (loss_ce, loss_no_target, ...) beside the weighted total;
+        # .item() waits for the device.
         logger.update(loss=loss.item(), **{f"loss_{name}": value.item() for name, value in terms.items()},
                       lr=optimizer.param_groups[0]["lr"])
+        step_seconds.append(time.perf_counter() - started)
     logger.synchronize_between_processes()
-    return {name: meter.global_avg for name, meter in logger.meters.items()}
+    stats = {name: meter.global_avg for name, meter in logger.meters.items()}
+    stats["first_step_s"] = step_seconds[0] if step_seconds else 0.0
+    stats["step_s"] = statistics.median(step_seconds[1:]) if len(step_seconds) > 1 else stats["first_step_s"]
+    return stats
 
 
 def _train_step_terms(model, criterion, images, targets, input_ids, attention_mask, device, amp_dtype):
@@ -89,8 +100,9 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, prediction_writer=No
     logger = utils.MetricLogger(log_file=log_file)
     for batch in logger.log_every(data_loader, print_freq, "Test:"):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(batch["images"].to(device), batch["input_ids"].to(device),
-                            batch["attention_mask"].to(device))
+            outputs = model(batch["images"].to(device, non_blocking=True),
+                            batch["input_ids"].to(device, non_blocking=True),
+                            batch["attention_mask"].to(device, non_blocking=True))
         head_logits = outputs.get("no_target_logits")
         no_target = batch.get("no_target", [False] * len(batch["samples"]))
         for k, ((index, j), logits, target) in enumerate(zip(batch["samples"], outputs["logits"].float(),

@@ -77,13 +77,13 @@ def poly_schedule(total_steps):
     return lambda step: max(1 - step / total_steps, 0.0) ** 0.9
 
 
-def build_train_loader(dataset, rank, world_size, args):
+def build_train_loader(dataset, rank, world_size, args, pin_memory=False):
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                   shuffle=True, seed=args.seed)
     generator = torch.Generator()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-        pin_memory=args.pin_mem, drop_last=True, worker_init_fn=utils.seed_worker, generator=generator)
+        pin_memory=args.pin_mem or pin_memory, drop_last=True, worker_init_fn=utils.seed_worker, generator=generator)
     if len(loader) < args.accum_steps:
         raise UserInputError(
             f"--batch-size {args.batch_size} x {world_size} process(es) x --accum-steps {args.accum_steps} needs "
@@ -98,15 +98,47 @@ def build_training_model(args, device, world_size):
     if model.bert_model is not None and args.bert_trainable_layers <= 0:
         model.cache_text_features()  # frozen and always in eval mode: features depend on the ids only
     model.to(device)
+    if world_size > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.compile:
+        # In place (nn.Module.compile), so that state-dict keys, and with them checkpoints, stay as without.
+        model.compile()
     if world_size == 1:
         return model, model
-    if device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model
     # The last stage's language gate feeds nothing (as in the original), so its weights get no gradient.
     model = DistributedDataParallel(model, find_unused_parameters=True,
                                     device_ids=[device.index] if device.type == "cuda" else None)
     return model, model_without_ddp
+
+
+def build_optimizer(model_without_ddp, args, device):
+    """AdamW of the released recipe, in torch's default implementation unless --fused-adamw asks for the
+    fused CUDA kernel (whose rounding differs in the last bits)."""
+    fused = args.fused_adamw and device.type == "cuda"
+    if args.fused_adamw and not fused:
+        print(f"--fused-adamw: the fused kernel is used on CUDA only; {device.type} keeps the default AdamW.")
+    swin_lr = args.lr * args.swin_lr_scale if args.swin_lr_scale != 1.0 else None
+    return torch.optim.AdamW(build_param_groups(model_without_ddp, swin_lr), lr=args.lr,
+                             weight_decay=args.weight_decay, amsgrad=args.amsgrad, **({"fused": True} if fused else {}))
+
+
+def allow_tf32(enabled, device):
+    """--tf32: TF32 tensor-core matmuls and convolutions on CUDA; without it torch's defaults stay."""
+    if enabled and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def report_compile_time(train_stats, log_file):
+    """One log line: torch.compile compiles inside the first training step, so its excess over a later step."""
+    first, later = train_stats["first_step_s"], train_stats["step_s"]
+    message = (f"torch.compile: first training step {first:.1f} s, later steps {later:.3f} s: compiling took about "
+               f"{max(first - later, 0.0):.0f} s (validation compiles its own graph on its first batches)")
+    print(message)
+    if utils.is_main_process():
+        with open(log_file, "a") as handle:
+            handle.write(message + "\n")
 
 
 def restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args, files):
@@ -137,8 +169,10 @@ def validate(model, val_set, device, epoch, args, amp_dtype, log_file):
     "no target" answers, on generalized sets.
     """
     with cli.out_of_memory_hint("--eval-batch-size", args.eval_batch_size, args.img_size):
+        # Workers and pinning change speed only: the batches and their order are fixed by the sampler.
         val, _ = evaluate_dataset(model, val_set, device, max_sentences=args.eval_batch_size,
-                                  one_sentence_seed=args.seed + epoch, amp_dtype=amp_dtype, progress_lines=4,
+                                  one_sentence_seed=args.seed + epoch, workers=args.workers,
+                                  pin_memory=args.pin_mem or device.type == "cuda", amp_dtype=amp_dtype, progress_lines=4,
                                   log_file=log_file, no_target_pixels=args.no_target_pixels)
     return val, (val["cIoU"] if val_set.generalized else val["overall_iou"]) or 0.0
 
@@ -168,6 +202,7 @@ def main(args):
         resolve_text_model(name)  # a missing text encoder ends the run before anything is written
     rank, world_size, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)
     amp_dtype = cli.amp_dtype_for(args.amp, device)
+    allow_tf32(args.tf32, device)
     run_dir = args.run_dir or os.path.join("models", args.model_id)
     files = runs.RunFiles(run_dir, args.output_dir, args.model_id)
     resume = runs.prepare_run(args.resume, args.overwrite, files)
@@ -178,14 +213,14 @@ def main(args):
     if args.negative_prob > 0 or args.word_mask_prob > 0:
         train_set = ExpressionAugmentation(train_set, args.negative_prob, args.word_mask_prob)
     val_set = ReferDataset(args, image_transforms=transform, split="val", eval_mode=True, mask_union=args.mask_union)
-    train_loader, train_sampler, loader_generator = build_train_loader(train_set, rank, world_size, args)
+    # Pinned pages let the host-to-device copies run asynchronously (non_blocking); values are unchanged.
+    train_loader, train_sampler, loader_generator = build_train_loader(train_set, rank, world_size, args,
+                                                                       pin_memory=device.type == "cuda")
     steps_per_epoch = len(train_loader) // args.accum_steps
     print(f"train: {len(train_set)} objects, val: {len(val_set)} objects, {steps_per_epoch} optimizer steps/epoch")
 
     model, model_without_ddp = build_training_model(args, device, world_size)
-    swin_lr = args.lr * args.swin_lr_scale if args.swin_lr_scale != 1.0 else None
-    optimizer = torch.optim.AdamW(build_param_groups(model_without_ddp, swin_lr), lr=args.lr,
-                                  weight_decay=args.weight_decay, amsgrad=args.amsgrad)
+    optimizer = build_optimizer(model_without_ddp, args, device)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, no_target_weight=args.no_target_loss_weight)
@@ -209,6 +244,8 @@ def main(args):
             train_stats = engine.train_one_epoch(
                 model, criterion, train_loader, optimizer, lr_scheduler, device, epoch, accum_steps=args.accum_steps,
                 print_freq=args.print_freq, amp_dtype=amp_dtype, scaler=scaler, log_file=log_file)
+        if args.compile and epoch == start_epoch:
+            report_compile_time(train_stats, log_file)
         val, score = validate(model_without_ddp, val_set, device, epoch, args, amp_dtype, log_file)
         is_best = score > best_oiou
         best_oiou = max(best_oiou, score)

@@ -1,7 +1,9 @@
 """GPU check: training and evaluation on one CUDA device in fp32, bf16 and fp16, unattended.
 
-    python bench/gpu_check.py                          # 3.5 minutes on an H200 (2026-11-26)
-    python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (no fp16)
+    python bench/gpu_check.py                          # steps 1-4: 3.5 minutes on an H200 (2026-11-26);
+                                                       # step 5 stops starting rows at --budget-s (450 s)
+    python bench/gpu_check.py --only-full-model --budget-s 460   # step 5 alone
+    python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (no fp16, no compile)
 
 Without a CUDA device (and without --device cpu) it says so and exits with code 0.
 1. generates a small SynRef set (`python -m data.synthetic`) in a temporary directory;
@@ -9,8 +11,14 @@ Without a CUDA device (and without --device cpu) it says so and exits with code 
    gradient scaler) and reports the last validation mean IoU; test.py evaluates the fp32 checkpoint;
 3. compares the CUDA and CPU logits of that checkpoint (TF32 off) on one batch;
 4. times training steps on random data: the nano config per mode (step time, images/s, peak
-   memory), then Swin-B 480 window 12 at batch 8, with and without activation checkpointing, and as
-   batch 2 x 4 accumulated micro-batches.
+   memory), then Swin-B 480 window 12 as batch 2 x 4 accumulated micro-batches (random word features);
+5. the released recipe's model in full: Swin-B 480 window 12 with a BERT-base-sized text encoder
+   (from its config, random weights; 10 of 12 layers trained as released), `lavt` and `lavt_one`,
+   batch 8, in fp32, bf16 and bf16 + torch.compile, each with and without activation checkpointing:
+   step time, images/s, peak memory, the projected wall time of the released recipe on one GPU
+   (40 epochs x 42,404 objects at effective batch 32, plus the per-epoch validation of RefCOCO val's
+   3,811 objects), and evaluation sentences/s at batch 64. Rows that would overrun --budget-s are
+   skipped, and say so.
 Prints Markdown tables (paste them into the README with the GPU's name and the date).
 """
 import argparse
@@ -33,6 +41,11 @@ from lib.segmentation import SWIN_CONFIGS, build_lavt  # noqa: E402
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_DIM = 384  # the packaged MiniLM's width
+QUICK_TEXT_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+RELEASED = {"epochs": 40, "train_objects": 42404, "effective_batch": 32, "val_objects": 3811,
+            "bert_trainable_layers": 10}
+# Rough seconds per full-model row, so that a row that would overrun the budget is not started.
+ROW_COST_S = {"eager": 25, "compile": 150}
 NO_CUDA_MESSAGE = ("gpu_check: no CUDA device is available (torch.cuda.is_available() is False), so there is "
                    "nothing to check here. Run it on a machine with an NVIDIA GPU, or pass --device cpu "
                    "--quick for a dry run of its steps on the CPU.")
@@ -45,6 +58,10 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", default="", help="keep data, runs and checkpoints here (default: a temp dir)")
     add_threads_argument(parser)
     parser.add_argument("--workers", type=int, default=4, help="data loading workers of train.py / test.py")
+    parser.add_argument("--only-full-model", action="store_true", dest="only_full_model",
+                        help="skip steps 1-4: only the full-model rows (with --budget-s 460, all of them on an H200)")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="seconds after which no further full-model row starts (unattended in under 8 minutes)")
     return parser.parse_args(argv)
 
 
@@ -58,6 +75,11 @@ def plan(opts, device):
         "large": ("nano", 64, 4) if quick else ("base", 480, 12), "large_batch": 2 if quick else 8,
         "large_steps": 1 if quick else 5,
         "timeout_s": 600 if quick else 150,
+        # The released model: Swin-B 480 window 12 with BERT-base; --quick: nano with a 2-layer 32-wide BERT.
+        "full": ("nano", 64, 4) if quick else ("base", 480, 12), "full_batch": 2 if quick else 8,
+        "full_steps": 1 if quick else 5, "eval_batch": 4 if quick else 64, "eval_steps": 1 if quick else 3,
+        "text": QUICK_TEXT_CONFIG if quick else {},
+        "compile": device.type == "cuda",  # compiling on a CPU takes minutes: tests/test_compile.py covers it
     }
 
 
@@ -190,8 +212,6 @@ def speed_specs(config):
     steps = config["large_steps"]
     specs = [{"config": nano, "batch": config["batch"], "amp": mode, "steps": config["steps"]}
              for mode in config["modes"]]
-    specs += [{"config": large, "batch": batch, "amp": "off", "checkpoint_activations": ck, "steps": steps}
-              for ck in (False, True)]
     specs += [{"config": large, "batch": batch // 4 or 1, "accum": 4, "amp": "off", "checkpoint_activations": ck,
                "steps": steps} for ck in (False, True)]
     return specs
@@ -229,6 +249,157 @@ def measure_speed(config, device):
         print(f"{describe(spec)} {cells} |", flush=True)
 
 
+def full_model(variant, text_config, config, device, checkpoint_activations):
+    """The released model (`lavt`: separate BERT; `lavt_one`: BERT inside) with random weights, frozen
+    and grouped as train.py does."""
+    from transformers import BertConfig, BertModel
+
+    from lib.referring_model import ReferringModel
+    from train import build_param_groups, freeze_text_encoder_layers
+
+    swin_type, _, window = config["full"]
+    embed_dim, depths, heads = SWIN_CONFIGS[swin_type]
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(**text_config), add_pooling_layer=False)
+    common = dict(window_size=window, checkpoint_activations=checkpoint_activations)
+    if variant == "lavt":
+        model = ReferringModel(build_lavt(embed_dim, depths, heads, text_dim=bert.config.hidden_size, **common), bert)
+    else:
+        model = ReferringModel(build_lavt(embed_dim, depths, heads, text_encoder=bert, **common))
+    freeze_text_encoder_layers(model.text_encoder, RELEASED["bert_trainable_layers"])
+    model.to(device)
+    return model, torch.optim.AdamW(build_param_groups(model), lr=1e-5, weight_decay=1e-2)
+
+
+def text_batch(batch, vocab_size, device, generator):
+    ids = torch.randint(1000, vocab_size, (batch, 20), generator=generator)
+    lengths = torch.randint(4, 21, (batch, 1), generator=generator)
+    mask = (torch.arange(20)[None] < lengths).long()
+    return (ids * mask).to(device), mask.to(device)
+
+
+def time_full_model(spec, config, device):
+    """Training step time, images/s, peak memory and (without checkpointing) evaluation sentences/s of the
+    full model, or {'error': ...} on OOM."""
+    try:
+        return _time_full_model(spec, config, device)
+    except torch.OutOfMemoryError:
+        return {"error": "out of memory"}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _time_full_model(spec, config, device):
+    from lib.criterion import build_criterion
+
+    model, optimizer = full_model(spec["variant"], config["text"], config, device, spec["checkpoint_activations"])
+    if spec["compile"]:
+        model.compile()  # in place, as train.py --compile does
+    dtype = AMP_DTYPES[spec["amp"]]
+    _, img_size, _ = config["full"]
+    batch, generator = config["full_batch"], torch.Generator().manual_seed(0)
+    image = torch.randn(batch, 3, img_size, img_size, generator=generator).to(device)
+    ids, mask = text_batch(batch, model.text_encoder.config.vocab_size, device, generator)
+    target = torch.randint(0, 2, (batch, img_size, img_size), generator=generator).to(device)
+    criterion = build_criterion("ce")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = model(image, ids, mask)
+        criterion(outputs, target).backward()
+        optimizer.step()
+
+    model.train()
+    started = time.perf_counter()
+    step()  # with --compile: tracing and compiling the forward and backward graphs
+    synchronize(device)
+    first = time.perf_counter() - started
+    step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    for _ in range(config["full_steps"]):
+        step()
+    synchronize(device)
+    seconds = (time.perf_counter() - started) / config["full_steps"]
+    row = {"step_s": seconds, "images_per_s": batch / seconds, "first_step_s": first,
+           "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")}
+    optimizer.zero_grad(set_to_none=True)  # the gradients are not needed for evaluation
+    if not spec["checkpoint_activations"]:  # checkpointing does nothing without gradients
+        row["eval_sentences_per_s"] = _eval_rate(model, config, device, dtype, img_size, generator)
+    return row
+
+
+@torch.no_grad()
+def _eval_rate(model, config, device, dtype, img_size, generator):
+    model.eval()
+    batch = config["eval_batch"]
+    image = torch.randn(batch, 3, img_size, img_size, generator=generator).to(device)
+    ids, mask = text_batch(batch, model.text_encoder.config.vocab_size, device, generator)
+
+    def forward():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(image, ids, mask)["logits"].argmax(1)
+
+    forward()  # with --compile: the evaluation graph
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(config["eval_steps"]):
+        forward()
+    synchronize(device)
+    return batch * config["eval_steps"] / (time.perf_counter() - started)
+
+
+def full_model_specs(config):
+    """Eager rows first, then compiled ones (minutes each), so that a tight budget keeps the baselines."""
+    modes = [("off", False), ("bf16", False)] + ([("bf16", True)] if config["compile"] else [])
+    specs = [{"variant": variant, "amp": amp, "compile": compiled, "checkpoint_activations": ck}
+             for amp, compiled in modes for ck in (False, True) for variant in ("lavt", "lavt_one")]
+    return sorted(specs, key=lambda spec: spec["compile"])
+
+
+def projected_hours(train_images_per_s, eval_sentences_per_s):
+    """Wall hours of the released recipe on one GPU: 40 epochs of full effective batches plus validation."""
+    per_epoch = RELEASED["train_objects"] // RELEASED["effective_batch"] * RELEASED["effective_batch"]
+    seconds = RELEASED["epochs"] * per_epoch / train_images_per_s
+    if eval_sentences_per_s:
+        seconds += RELEASED["epochs"] * RELEASED["val_objects"] / eval_sentences_per_s
+    return seconds / 3600
+
+
+def measure_full_model(config, device, deadline):
+    """Prints one row per spec as soon as it is measured; rows that would end after `deadline` are skipped."""
+    swin_type, img_size, window = config["full"]
+    text = "BERT-base" if not config["text"] else f"BERT {config['text']['hidden_size']}-wide"
+    print(f"\n{swin_type} {img_size} w{window} + {text} (random weights), batch {config['full_batch']}; evaluation at "
+          f"batch {config['eval_batch']}; recipe: {RELEASED['epochs']} epochs x {RELEASED['train_objects']:,} objects "
+          f"+ validation of {RELEASED['val_objects']:,} per epoch\n")
+    print("| model | amp | compile | checkpointing | step (s) | images/s | peak memory (GB) | first step (s) "
+          "| recipe (h) | eval sentences/s |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    eval_rates, rows = {}, []
+    for spec in full_model_specs(config):
+        cells = (f"| {spec['variant']} | {spec['amp']} | {'yes' if spec['compile'] else 'no'} | "
+                 f"{'yes' if spec['checkpoint_activations'] else 'no'} |")
+        if time.monotonic() + ROW_COST_S["compile" if spec["compile"] else "eager"] > deadline:
+            print(f"{cells} skipped: --budget-s reached | | | | | |", flush=True)
+            continue
+        row = time_full_model(spec, config, device)
+        rows.append({**spec, **row})
+        if "error" in row:
+            print(f"{cells} out of memory | | | | | |", flush=True)
+            continue
+        key = (spec["variant"], spec["amp"], spec["compile"])
+        eval_rates.setdefault(key, row.get("eval_sentences_per_s"))
+        hours = projected_hours(row["images_per_s"], eval_rates[key])
+        rate = row.get("eval_sentences_per_s")
+        print(f"{cells} {row['step_s']:.3f} | {row['images_per_s']:.1f} | {row['peak_gb']:.2f} | "
+              f"{row['first_step_s']:.1f} | {hours:.2f} | {'-' if rate is None else f'{rate:.1f}'} |", flush=True)
+    return rows
+
+
 def verdicts(pipeline_rows, comparison):
     """(check, passed) pairs: CPU and CUDA agree; reduced precision trains about as well as fp32."""
     checks = [("CUDA and CPU logits agree (max |diff| <= 1e-3 x max |logit|, argmax >= 99.9%)",
@@ -249,17 +420,22 @@ def main(argv=None):
         print(NO_CUDA_MESSAGE)
         return 0
     config = plan(opts, device)
+    deadline = time.monotonic() + opts.budget_s
     work_dir = opts.work_dir or tempfile.mkdtemp(prefix="lavt_gpu_check_")
     os.makedirs(work_dir, exist_ok=True)
     try:
         print(f"gpu_check: working in {work_dir}", flush=True)
         print_header(device)
+        if opts.only_full_model:
+            measure_full_model(config, device, deadline)
+            return 0
         pipeline_rows, checkpoint = train_and_evaluate(config, work_dir, opts)
         comparison = compare_devices(checkpoint, config, device)
         print_pipeline(pipeline_rows, comparison, device)
         checks = verdicts(pipeline_rows, comparison)
         print("\n" + "\n".join(f"{'ok  ' if passed else 'FAIL'} {name}" for name, passed in checks), flush=True)
         measure_speed(config, device)
+        measure_full_model(config, device, deadline)
     finally:
         if not opts.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)

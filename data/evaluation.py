@@ -107,8 +107,8 @@ def build_eval_loader(dataset, max_sentences=16, one_sentence_seed=None, origina
 
 
 def evaluate_dataset(model, dataset, device, *, max_sentences=16, one_sentence_seed=None, original_size=False,
-                     workers=0, amp_dtype=None, prediction_dir="", print_freq=100, progress_lines=None,
-                     log_file=None, no_target_pixels=1):
+                     workers=0, pin_memory=False, amp_dtype=None, prediction_dir="", print_freq=100,
+                     progress_lines=None, log_file=None, no_target_pixels=1):
     """(summary, records) of `model` on the eval-mode `dataset`, over all ranks.
 
     The loader options are `build_eval_loader`'s; `prediction_dir`: where each rank writes its masks
@@ -118,7 +118,7 @@ def evaluate_dataset(model, dataset, device, *, max_sentences=16, one_sentence_s
     """
     writer = metrics.PredictionWriter(prediction_dir, dataset) if prediction_dir else None
     loader = build_eval_loader(dataset, max_sentences, one_sentence_seed=one_sentence_seed,
-                               original_size=original_size, workers=workers)
+                               original_size=original_size, workers=workers, pin_memory=pin_memory)
     if progress_lines is not None:
         print_freq = max(len(loader) // progress_lines, 1)
     records = engine.evaluate(model, loader, device, amp_dtype=amp_dtype, prediction_writer=writer,

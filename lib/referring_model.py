@@ -57,6 +57,9 @@ class ReferringModel(nn.Module):
             return self.bert_model(input_ids, attention_mask=attention_mask)[0]
         return self._cached_text_features(input_ids, attention_mask)
 
+    # Left to Python under torch.compile: a dict lookup per sentence, which tracing would turn into
+    # a new graph for every batch.
+    @torch.compiler.disable
     @torch.no_grad()
     def _cached_text_features(self, input_ids, attention_mask):
         keys = [tuple(row) for row in torch.cat([input_ids, attention_mask], dim=1).tolist()]

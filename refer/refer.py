@@ -372,7 +372,9 @@ class REFER:
         if not rles:
             return {"mask": np.zeros((height, width), dtype=np.uint8), "area": 0.0}
         parts = mask_utils.decode(rles)  # (H, W, n_parts)
-        mask = np.ascontiguousarray(parts.sum(axis=2, dtype=np.int64).astype(np.uint8))
+        # A uint16 sum wraps to the same uint8 values as an int64 one (65536 is a multiple of 256)
+        # and takes a third of the time, which counts at one mask per training item.
+        mask = np.ascontiguousarray(np.add.reduce(parts, axis=2, dtype=np.uint16).astype(np.uint8))
         return {"mask": mask, "area": float(sum(mask_utils.area(rles)))}
 
     def getMaskByRef(self, ref: dict | None = None, ref_id: Integral | None = None) -> dict:
