@@ -5,8 +5,8 @@ counts of the argmax mask against the target; IoU = I / U (0 when U = 0); mean I
 per-sample IoUs, overall IoU is sum(I) / sum(U), precision@k is the share of samples with
 IoU >= k. Summaries hold fractions; reports print percent.
 
-Every JSON file the codebase writes follows `JSON_UNITS` (README, "Units"); Markdown and printouts
-stay in percent.
+Every JSON file the codebase writes follows `JSON_UNITS` (docs/training.md, "Units of the JSON files");
+Markdown and printouts stay in percent.
 
 Generalized sets (gRefCOCO, expressions with no or several targets): `sample_record` adds each
 sample's predicted and true no-target flags, `summarize_generalized` computes ReLA's gIoU, cIoU,

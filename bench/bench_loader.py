@@ -1,7 +1,7 @@
 """Throughput of the training and evaluation data pipelines (images/s), per DataLoader worker count.
 
     python bench/bench_loader.py                          # 480 px, workers 0 1 2, 1 torch thread
-    taskset -c 1 python bench/bench_loader.py --threads 1 # what the README's table was measured with
+    taskset -c 1 python bench/bench_loader.py --threads 1 # what docs/benchmarks.md's table was measured with
     python bench/bench_loader.py --profile                # cProfile of the in-process pipeline
 
 It writes a REFER-format set (`refcoco` layout, `unc` split) of COCO-like images into --data-dir

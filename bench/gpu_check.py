@@ -19,7 +19,7 @@ Without a CUDA device (and without --device cpu) it says so and exits with code 
    (40 epochs x 42,404 objects at effective batch 32, plus the per-epoch validation of RefCOCO val's
    3,811 objects), and evaluation sentences/s at batch 64. Rows that would overrun --budget-s are
    skipped, and say so.
-Prints Markdown tables (paste them into the README with the GPU's name and the date).
+Prints Markdown tables (paste them into docs/benchmarks.md with the GPU's name and the date).
 """
 import argparse
 import json

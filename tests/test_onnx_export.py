@@ -101,8 +101,8 @@ def test_missing_optional_package_is_named(monkeypatch):
         onnx_export.require_onnx()
 
 
-# The README's "without this repository" recipe (keep the two in step): numpy, pillow, onnxruntime
-# and a WordPiece tokenizer only.
+# The "without this repository" recipe of docs/deployment.md, section "Deployment: ONNX" (moved there
+# from the README; keep the two in step): numpy, pillow, onnxruntime and a WordPiece tokenizer only.
 def readme_recipe(session, tokenizer, path, sentences, size):
     from PIL import Image, ImageOps
 

@@ -6,7 +6,7 @@ The architecture is read from the checkpoint (model flags only override it, as i
 After writing the file, the ONNX graph runs in onnxruntime on sample inputs at batch 1 and 3 and
 is compared with PyTorch: the largest |logit difference| and the share of pixels whose mask
 agrees are printed, and the command fails when they exceed --atol or disagree. How to call the
-file without this repository: README, "Deployment: ONNX". Needs the optional packages onnx,
+file without this repository: docs/deployment.md, "Deployment: ONNX". Needs the optional packages onnx,
 onnxscript and onnxruntime (requirements-dev.txt).
 """
 import argparse

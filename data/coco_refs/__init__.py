@@ -17,7 +17,7 @@ same category, order, size, a relation to a one-instance landmark by box centres
 annotations and objects under `min_area` of their image are never targets, but count as
 distractors. Splits: train (train2017), val and test (val2017, disjoint images); test images are
 testB when the category alone is ambiguous for their targets, else testA (`--split test` reads
-both). Both annotation files are streamed, so memory stays bounded (README, "COCO-Refs").
+both). Both annotation files are streamed, so memory stays bounded (docs/coco_refs.md).
 
 Modules: `stream` (streaming JSON reader, incremental writers), `semantics`, `lexicon`, `build`,
 `fixture` (a small COCO-format folder with JPEGs), `examples` (pictures), `__main__`.

@@ -1,5 +1,5 @@
 """A picture of a built set: a few refs of different kinds, their targets tinted and outlined in yellow, their
-expressions (and one counterfactual) written underneath. Used for the README picture."""
+expressions (and one counterfactual) written underneath. Used for the docs/coco_refs.md picture."""
 from __future__ import annotations
 
 import json

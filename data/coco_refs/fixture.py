@@ -1,5 +1,5 @@
 """A small COCO-2017-format folder with JPEG images, for trying `python -m data.coco_refs` without
-COCO, for the tests and for the README picture.
+COCO, for the tests and for the docs/coco_refs.md picture.
 
     <folder>/annotations/instances_{train,val}2017.json    <folder>/{train,val}2017/<12 digits>.jpg
 
