@@ -63,7 +63,10 @@ def parse_args(argv=None):
 
 def probe(opts, name, checkpoint):
     folder = os.path.join(opts.out, name, "probes")
-    cmd = [sys.executable, "tools/probes.py", *training_runs.model_flags(opts.out, DATASET, opts), "--split", "val",
+    # The probes build the model of the checkpoint: a recipe's architecture flag (the no-target head) goes along.
+    architecture = [flag for flag in RECIPES[name] if flag == "--no-target-head"]
+    cmd = [sys.executable, "tools/probes.py", *training_runs.model_flags(opts.out, DATASET, opts), *architecture,
+           "--split", "val",
            "--resume", checkpoint, "--probes", PROBES, "--probe-out", folder, "--eval-batch-size", "32"]
     stamp = training_runs.run_step(cmd, folder, log_name="probes_output.txt", threads=opts.threads)
     with open(os.path.join(folder, "probes.json")) as handle:
