@@ -150,7 +150,7 @@ def main():
     with open(os.path.join(opts.out, "bench_language.json"), "w") as handle:
         json.dump({"settings": {k: v for k, v in vars(opts).items()}, "results": results,
                    "against_baseline": {name: {k.replace("_points", ""): v / 100 if k.endswith("_points") else v
-                                               for k, v in found.items()} for name, found in aim.items()},
+                                               for k, v in found.items()} for name, found in (aim or {}).items()},
                    "units": "fractions (metrics.JSON_UNITS); seconds"},
                   handle, indent=2)
     print(f"Written: {os.path.join(opts.out, 'bench_language.md')} and bench_language.json")
