@@ -177,12 +177,12 @@ def test_original_protocol_compares_at_image_size(trained, synref, resized_val, 
          str(trained / "out" / "model_best_t.pth"), "--results-json", str(out), "--save-predictions",
          str(predictions)])
     original, resized = json.loads(out.read_text()), resized_val[1]
-    assert original["protocol"] == "original" and 0.0 <= original["mean_iou"] <= 100.0
+    assert original["protocol"] == "original" and 0.0 <= original["mean_iou"] <= 1.0  # fractions, as every JSON
     assert original["num_samples"] == resized["num_samples"]
     assert (original["mean_iou"], original["overall_iou"]) != (resized["mean_iou"], resized["overall_iou"])
     rows = [json.loads(line) for line in (predictions / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == original["num_samples"]
-    assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) * 100 == pytest.approx(original["overall_iou"])
+    assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) == pytest.approx(original["overall_iou"])
     for row in rows:
         assert Image.open(predictions / row["mask"]).size == (GENERATED_SIZE, GENERATED_SIZE)
 
