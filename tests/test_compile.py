@@ -17,7 +17,7 @@ import train
 from args import get_train_parser
 from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
 from lib.criterion import build_criterion
-from tests.test_training_modes import RecordingSGD, training_batches
+from tests.training_batches import RecordingSGD, training_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
