@@ -56,11 +56,9 @@ def build_param_groups(referring_model, swin_lr=None):
     no_decay, decay, swin_no_decay, swin_decay = [], [], [], []
     for name, param in model.backbone.named_parameters():
         if param.requires_grad:
-            swin = swin_lr is not None and ".fusion." not in name and ".res_gate." not in name
-            if name in no_decay_names:
-                (swin_no_decay if swin else no_decay).append(param)
-            else:
-                (swin_decay if swin else decay).append(param)
+            swin = swin_lr is not None and not model.backbone.is_fusion_parameter(name)
+            bucket = (swin_no_decay, swin_decay) if swin else (no_decay, decay)
+            bucket[name not in no_decay_names].append(param)
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay},
               {"params": [p for p in model.classifier.parameters() if p.requires_grad]}]
     if swin_lr is not None:

@@ -266,6 +266,12 @@ class MultiModalSwinTransformer(nn.Module):
         for stage in self.layers:
             stage.grad_checkpointing = enable
 
+    @staticmethod
+    def is_fusion_parameter(name):
+        """True for the parameters that fuse language in (fusion modules, gates), which Swin
+        classification pretraining does not provide, by `named_parameters()` / state-dict name."""
+        return ".fusion." in name or ".res_gate." in name
+
     def no_weight_decay_parameters(self):
         """Names of parameters that the released recipe trains without weight decay."""
         return [name for name, _ in self.named_parameters() if any(k in name for k in NO_WEIGHT_DECAY_KEYWORDS)]

@@ -143,7 +143,8 @@ def losses_and_logits(backbone, head, images, labels, amp):
 @torch.no_grad()
 def accuracy(backbone, head, images, labels, amp, batch_size=64):
     """Per task: share of object (non-background) pixels whose class is right."""
-    backbone.eval(), head.eval()
+    backbone.eval()
+    head.eval()
     correct, total = np.zeros(len(TASKS)), 0
     for start in range(0, len(images), batch_size):
         x, y = to_tensor(images[start:start + batch_size]), torch.from_numpy(labels[start:start + batch_size]).long()
@@ -152,15 +153,15 @@ def accuracy(backbone, head, images, labels, amp, batch_size=64):
         total += int(foreground.sum())
         for t, lg in enumerate(logits):
             correct[t] += int(((lg.argmax(1) == y[:, t]) & foreground).sum())
-    backbone.train(), head.train()
+    backbone.train()
+    head.train()
     return {task: round(float(c / max(total, 1)), 4) for task, c in zip(TASKS, correct, strict=True)}
 
 
 def swin_state_dict(backbone, dtype=torch.float32):
     """The backbone's Swin tensors in the official layout: no fusion, gates or recomputed buffers."""
     return {k: v.detach().to(dtype).clone() for k, v in backbone.state_dict().items()
-            if ".fusion." not in k and ".res_gate." not in k
-            and not k.endswith(("relative_position_index", "attn_mask"))}
+            if not backbone.is_fusion_parameter(k) and not k.endswith(("relative_position_index", "attn_mask"))}
 
 
 def main(argv=None):
@@ -180,7 +181,7 @@ def main(argv=None):
     backbone = MultiModalSwinTransformer(embed_dim, depths, heads, window_size=args.window_size,
                                          drop_path_rate=args.drop_path)
     head = DenseHead(backbone.num_features, num_classes=[len(c) + 1 for c in TASKS.values()])
-    params = [p for n, p in backbone.named_parameters() if ".fusion." not in n and ".res_gate." not in n]
+    params = [p for n, p in backbone.named_parameters() if not backbone.is_fusion_parameter(n)]
     optimizer = torch.optim.AdamW([{"params": params}, {"params": head.parameters()}], lr=args.lr,
                                   weight_decay=args.wd)
     steps_per_epoch = len(train_x) // args.batch_size
