@@ -229,7 +229,7 @@ def main(args):
         cli.check_writable_dir(args.output_dir, "--output-dir")
         runs.start_metrics(files, start_epoch, fresh=not resume)
     cli.set_interrupt_hint(lambda: runs.interrupt_hint(files))
-    log_file = os.path.join(run_dir, "log.txt")
+    log_file = files.log
 
     for epoch in range(start_epoch, args.epochs):
         started = time.time()

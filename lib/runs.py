@@ -25,6 +25,7 @@ class RunFiles:
         self.run_dir = run_dir
         self.last = os.path.join(run_dir, "checkpoint_last.pth")
         self.metrics = os.path.join(run_dir, "metrics.jsonl")
+        self.log = os.path.join(run_dir, "log.txt")
         self.best = os.path.join(output_dir, f"model_best_{model_id}.pth")
 
     def existing(self):
@@ -104,8 +105,8 @@ def start_metrics(files, first_epoch, fresh):
     """Before the first epoch: a fresh run (--overwrite) deletes the earlier run's files, so that neither
     its metrics nor its checkpoints are taken for this run's; a resumed one drops the records it will
     write again."""
-    if fresh:
-        for path in files.existing():
+    if fresh:  # the log too, which train.py appends to
+        for path in files.existing() + ([files.log] if os.path.isfile(files.log) else []):
             os.remove(path)
     else:
         trim_metrics(files.metrics, first_epoch)

@@ -182,8 +182,10 @@ def test_fresh_run_over_an_earlier_one_stops(nano, tmp_path):
     for fragment in ("--resume auto", "--model_id", "--overwrite", files.last, files.best):
         assert fragment in str(err.value)
     assert runs.prepare_run("", True, files) == ""
+    with open(files.log, "w") as handle:  # train.py appends to the log: the new run's must start empty
+        handle.write("Epoch 2: the earlier run\n")
     runs.start_metrics(files, 0, fresh=True)
-    assert files.existing() == []
+    assert files.existing() == [] and not os.path.exists(files.log)
 
 
 @pytest.mark.parametrize("left", ["metrics", "best"])

@@ -240,9 +240,6 @@ def main():
 
     step("2/4 training a nano LAVT on the CPU")
     t = time.time()
-    for stale in ("metrics.jsonl", "log.txt", "checkpoint_last.pth"):
-        if os.path.exists(os.path.join(run_dir, stale)):
-            os.remove(os.path.join(run_dir, stale))
     run([sys.executable, "train.py", *common_flags(opts, data_root), "--batch-size", str(opts.batch_size),
          "--epochs", str(opts.epochs), "--lr", str(opts.lr), "--wd", str(opts.weight_decay),
          "--drop-path", str(opts.drop_path), "--loss", opts.loss, "--bert-trainable-layers", "0",
