@@ -102,15 +102,18 @@ def test_single_process_training_writes_checkpoints_and_metrics(trained):
 
 @pytest.fixture(scope="module")
 def resized_val(trained, synref, tmp_path_factory):
-    """test.py on val with the released protocol: (stdout, results record)."""
-    out = tmp_path_factory.mktemp("resized") / "res.json"
+    """test.py on val with the released protocol: (stdout, results record, predictions.jsonl rows)."""
+    base = tmp_path_factory.mktemp("resized")
+    out, predictions = base / "res.json", base / "pred"
     result = run([PY, "test.py", *common_flags(synref), "--split", "val", "--resume",
-                  str(trained / "out" / "model_best_t.pth"), "--results-json", str(out)])
-    return result.stdout, json.loads(out.read_text())
+                  str(trained / "out" / "model_best_t.pth"), "--results-json", str(out),
+                  "--save-predictions", str(predictions)])
+    rows = [json.loads(line) for line in (predictions / "predictions.jsonl").read_text().splitlines()]
+    return result.stdout, json.loads(out.read_text()), rows
 
 
 def test_test_script_prints_and_writes_metrics(resized_val):
-    stdout, record = resized_val
+    stdout, record, _ = resized_val
     assert "Mean IoU is" in stdout and "overall IoU =" in stdout
     assert record["split"] == "val" and record["protocol"] == "resized" and record["img_size"] == 64
     printed = float(stdout.split("overall IoU = ")[1].split()[0])
@@ -168,20 +171,25 @@ def test_batched_evaluation_equals_sentence_by_sentence(trained, synref, tmp_pat
 
 
 def test_original_protocol_compares_at_image_size(trained, synref, resized_val, tmp_path):
-    """Issue 9: at the images' own size (80 px) the numbers differ from the released 64 px comparison,
-    and the saved masks have the images' size."""
+    """Issue 9: the original protocol compares at the images' own size (80 px), the released one at 64 px,
+    and the saved masks have the images' size.
+
+    Checked on the pixel counts, not on the IoU: a 2-epoch model may predict nothing, and then both
+    protocols give IoU 0, while the unions (at least the target) still count pixels at different sizes."""
     from PIL import Image
 
     out, predictions = tmp_path / "orig.json", tmp_path / "pred"
     run([PY, "test.py", *common_flags(synref), "--split", "val", "--eval-protocol", "original", "--resume",
          str(trained / "out" / "model_best_t.pth"), "--results-json", str(out), "--save-predictions",
          str(predictions)])
-    original, resized = json.loads(out.read_text()), resized_val[1]
+    original, (_, resized, resized_rows) = json.loads(out.read_text()), resized_val
     assert original["protocol"] == "original" and 0.0 <= original["mean_iou"] <= 1.0  # fractions, as every JSON
     assert original["num_samples"] == resized["num_samples"]
-    assert (original["mean_iou"], original["overall_iou"]) != (resized["mean_iou"], resized["overall_iou"])
     rows = [json.loads(line) for line in (predictions / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == original["num_samples"]
+    assert len(rows) == len(resized_rows) == original["num_samples"]
+    # Areas scale with the square of the side: (80 / 64) ** 2 = 1.56, give or take the masks' edges.
+    area_ratio = sum(r["U"] for r in rows) / sum(r["U"] for r in resized_rows)
+    assert 1.3 < area_ratio < 1.85, area_ratio
     assert sum(r["I"] for r in rows) / sum(r["U"] for r in rows) == pytest.approx(original["overall_iou"])
     for row in rows:
         assert Image.open(predictions / row["mask"]).size == (GENERATED_SIZE, GENERATED_SIZE)
