@@ -30,9 +30,19 @@ def weighted_cross_entropy(logits, target):
 
 
 def soft_dice_loss(logits, target, smooth=1.0):
-    """1 - Dice between the foreground probability and the target, averaged over images."""
+    """1 - Dice between the foreground probability and the target, averaged over the images that have a target.
+
+    Images whose target is empty (no-target expressions, negatives) are left to the other terms: their
+    Dice, 1 - 1 / (1 + sum of probabilities), stays near 1 for any mask short of zero probability on
+    every pixel, so it would push the whole prediction towards "nothing" rather than teach anything.
+    A batch without any target gives 0 (still connected to the graph, for DDP and accumulation).
+    """
     prob = logits.softmax(dim=1)[:, 1].flatten(1)
     truth = (target == 1).float().flatten(1)
+    has_target = truth.sum(1) > 0
+    if not has_target.any():
+        return prob.sum() * 0.0
+    prob, truth = prob[has_target], truth[has_target]
     overlap = (prob * truth).sum(1)
     dice = (2 * overlap + smooth) / (prob.sum(1) + truth.sum(1) + smooth)
     return (1 - dice).mean()

@@ -84,6 +84,28 @@ def test_dice_loss_is_zero_for_a_confident_perfect_prediction_and_high_when_wron
     assert combined.item() == pytest.approx(soft_dice_loss(perfect, target).item(), abs=1e-3)
 
 
+def test_dice_loss_leaves_images_without_target_to_the_other_terms():
+    """An empty target (a negative or no-target expression) adds nothing to the Dice term and gets no
+    gradient from it; the Dice of the others is their own mean. Before, an empty target counted
+    1 - 1 / (1 + sum p): near 1 for any realistic mask."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8, requires_grad=True)
+    target = torch.zeros(3, 8, 8, dtype=torch.int64)
+    target[0, :3, :3] = 1
+    target[2, 4:, 2:6] = 1
+    mixed = soft_dice_loss(logits, target)
+    kept = [0, 2]
+    assert mixed.item() == pytest.approx(soft_dice_loss(logits[kept], target[kept]).item(), rel=1e-6)
+    assert 0.0 < mixed.item() < 1.0
+    mixed.backward()
+    assert logits.grad[1].abs().max().item() == 0.0 and logits.grad[kept].abs().max().item() > 0.0
+
+    nothing = torch.randn(2, 2, 8, 8, requires_grad=True)
+    empty = soft_dice_loss(nothing, torch.zeros(2, 8, 8, dtype=torch.int64))
+    empty.backward()
+    assert empty.item() == 0.0 and nothing.grad is not None and nothing.grad.abs().max().item() == 0.0
+
+
 def reference_loss(kind, outputs, target, no_target_weight=1.0):
     """The criterion as one expression, as it was written before it had named terms."""
     logits = outputs["logits"].float()
