@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 import utils
 from errors import UserInputError
-from lib.checkpoint import CheckpointError
+from lib.state_dict import CheckpointError
 
 
 def resolve_device(requested):

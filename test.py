@@ -20,7 +20,7 @@ from data.dataset_refer_bert import ReferDataset
 from data.evaluation import evaluate_dataset
 from errors import UserInputError
 from lib.architecture import load_model
-from lib.checkpoint import load_checkpoint_file
+from lib.checkpoint_io import load_checkpoint_file
 from transforms import get_transform
 
 

@@ -26,9 +26,11 @@ from data.evaluation import evaluate_dataset
 from data.expression_augment import ExpressionAugmentation
 from errors import UserInputError
 from lib import runs
-from lib.checkpoint import CheckpointError, load_lavt_checkpoint, save_checkpoint
+from lib.checkpoint import load_lavt_checkpoint
+from lib.checkpoint_io import save_checkpoint
 from lib.criterion import build_criterion
 from lib.referring_model import build_model
+from lib.state_dict import CheckpointError
 from transforms import get_transform
 
 

@@ -127,7 +127,7 @@ def train_and_evaluate(config, work_dir, opts):
 
 def compare_devices(checkpoint_path, config, device):
     """Max |logit difference| between `device` and the CPU for the fp32 checkpoint, and argmax agreement."""
-    from lib.checkpoint import load_checkpoint_file
+    from lib.checkpoint_io import load_checkpoint_file
 
     checkpoint = load_checkpoint_file(checkpoint_path)
     embed_dim, depths, heads = SWIN_CONFIGS["nano"]

@@ -24,18 +24,12 @@ from collections.abc import Mapping
 from errors import UserInputError
 
 from . import ranges
-from .checkpoint import (
-    CheckpointError,
-    _split_lavt_checkpoint,
-    describe_swin,
-    load_checkpoint_file,
-    load_lavt_checkpoint,
-    strip_prefixes,
-    swin_config,
-)
+from .checkpoint import _split_lavt_checkpoint, describe_swin, load_lavt_checkpoint, swin_config
+from .checkpoint_io import load_checkpoint_file
 from .fusion import FUSION_LAYERS
 from .model_config import MODEL_DEFAULTS, SWIN_CONFIGS, TEXT_ENCODERS_BY_WIDTH, window_of_table
 from .referring_model import build_model
+from .state_dict import CheckpointError, strip_prefixes
 
 __all__ = ["infer_model_args", "model_from_checkpoint", "load_inferred_model", "load_model", "overrides_from",
            "add_model_arguments", "add_override_arguments", "OVERRIDABLE"]

@@ -14,7 +14,7 @@ Example (a randomly initialised nano model, so its masks mean nothing):
 
 >>> import argparse, os, tempfile
 >>> import numpy as np
->>> from lib.checkpoint import save_checkpoint
+>>> from lib.checkpoint_io import save_checkpoint
 >>> from lib.predictor import Predictor
 >>> from lib.referring_model import build_model
 >>> options = argparse.Namespace(model="lavt", swin_type="nano", window_size=4, ck_bert="minilm",

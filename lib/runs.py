@@ -12,7 +12,8 @@ import os
 
 from errors import UserInputError
 
-from .checkpoint import CheckpointError, check_resume_state, load_checkpoint_file, require_checkpoint_file
+from .checkpoint_io import check_resume_state, load_checkpoint_file, require_checkpoint_file
+from .state_dict import CheckpointError
 
 __all__ = ["RunFiles", "prepare_run", "load_resume_checkpoint", "start_metrics", "trim_metrics", "interrupt_hint",
            "finished_message"]

@@ -1,6 +1,6 @@
-"""What checkpoint.py and weights.py both need of a state dict, in a module that imports neither
-(so that checkpoint.py can use weights.py without an import circle): the error they raise, the
-wrapper prefixes and optional BERT buffers, and `strip_prefixes`."""
+"""What checkpoint_io.py, checkpoint.py and weights.py all need of a state dict, in a module that
+imports none of them (so that checkpoint_io.py can use weights.py without an import circle): the
+error they raise, the wrapper prefixes and optional BERT buffers, and `strip_prefixes`."""
 from collections import OrderedDict
 
 # Wrappers whose keys get a prefix: DistributedDataParallel / DataParallel and torch.compile.

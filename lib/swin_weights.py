@@ -17,14 +17,9 @@ from collections.abc import Mapping
 
 import torch.nn.functional as F
 
-from .checkpoint import (
-    LIST_LIMIT,
-    WRAPPER_PREFIXES,
-    CheckpointError,
-    load_checkpoint_file,
-    strip_prefixes,
-    unwrap_model,
-)
+from .checkpoint import LIST_LIMIT
+from .checkpoint_io import load_checkpoint_file, unwrap_model
+from .state_dict import WRAPPER_PREFIXES, CheckpointError, strip_prefixes
 
 __all__ = ["load_pretrained_swin", "format_load_report", "timm_to_official_swin", "is_timm_swin_state_dict",
            "resize_relative_position_bias_table"]

@@ -10,7 +10,7 @@ file names it (`text_encoder_name`) and loading takes it from its package or the
 cache again. A local directory is never referenced, since the file would then only work on this
 machine.
 
-`load_checkpoint_file` (lib/checkpoint.py) expands such a file back into the released layout
+`load_checkpoint_file` (lib/checkpoint_io.py) expands such a file back into the released layout
 with `expand_model_only_weights`, so test.py, the Predictor, the web demo and export_onnx load it
 like any checkpoint.
 """

@@ -12,14 +12,10 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from lib.backbone import shifted_window_mask
-from lib.checkpoint import (
-    CheckpointError,
-    atomic_torch_save,
-    load_checkpoint_file,
-    load_lavt_checkpoint,
-    save_checkpoint,
-)
+from lib.checkpoint import load_lavt_checkpoint
+from lib.checkpoint_io import atomic_torch_save, load_checkpoint_file, save_checkpoint
 from lib.segmentation import build_lavt
+from lib.state_dict import CheckpointError
 from lib.swin_weights import (
     format_load_report,
     is_timm_swin_state_dict,

@@ -17,7 +17,7 @@ import torch
 from args import get_test_parser, get_train_parser
 from errors import UserInputError
 from lib.architecture import OVERRIDABLE, load_model
-from lib.checkpoint import load_checkpoint_file
+from lib.checkpoint_io import load_checkpoint_file
 from tests.nano_models import half_foreground_nano, write_blocks_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -26,7 +26,7 @@ from torch import nn
 
 import cli
 from args import get_test_parser, get_train_parser
-from lib.checkpoint import load_checkpoint_file
+from lib.checkpoint_io import load_checkpoint_file
 from lib.fusion import register_fusion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

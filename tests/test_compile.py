@@ -15,7 +15,8 @@ import torch
 import engine
 import train
 from args import get_train_parser
-from lib.checkpoint import load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
+from lib.checkpoint import load_lavt_checkpoint
+from lib.checkpoint_io import load_checkpoint_file, save_checkpoint
 from lib.criterion import build_criterion
 from tests.training_batches import RecordingSGD, training_batches
 

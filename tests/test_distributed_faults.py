@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from lib.checkpoint import load_checkpoint_file
+from lib.checkpoint_io import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_ROOT = os.path.join(REPO, "tests", "fixtures", "refer_fixture")

@@ -14,15 +14,10 @@ import pytest
 import torch
 
 from lib.architecture import load_inferred_model, load_model
-from lib.checkpoint import (
-    CONTENT_HASH_KEY,
-    CheckpointError,
-    content_hash,
-    load_checkpoint_file,
-    save_checkpoint,
-)
+from lib.checkpoint_io import CONTENT_HASH_KEY, content_hash, load_checkpoint_file, save_checkpoint
 from lib.predictor import Predictor
 from lib.referring_model import build_model
+from lib.state_dict import CheckpointError
 from lib.weights import model_only_weights
 from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image
 

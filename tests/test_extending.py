@@ -17,11 +17,13 @@ from torch import nn
 import lib.fusion
 from args import get_test_parser, get_train_parser
 from errors import UserInputError
-from lib.checkpoint import CheckpointError, load_checkpoint_file, load_lavt_checkpoint, save_checkpoint
+from lib.checkpoint import load_lavt_checkpoint
+from lib.checkpoint_io import load_checkpoint_file, save_checkpoint
 from lib.criterion import build_criterion
 from lib.fusion import FUSION_LAYERS, import_fusion_modules, register_fusion
 from lib.predictor import Predictor
 from lib.segmentation import SWIN_CONFIGS, build_lavt
+from lib.state_dict import CheckpointError
 from tests.nano_models import EXPRESSIONS, write_blocks_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

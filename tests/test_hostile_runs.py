@@ -21,16 +21,11 @@ from args import get_test_parser, get_train_parser
 from errors import UserInputError
 from lib import runs
 from lib.architecture import infer_model_args
-from lib.checkpoint import (
-    CheckpointError,
-    atomic_torch_save,
-    check_resume_state,
-    load_checkpoint_file,
-    load_lavt_checkpoint,
-    save_checkpoint,
-)
+from lib.checkpoint import load_lavt_checkpoint
+from lib.checkpoint_io import atomic_torch_save, check_resume_state, load_checkpoint_file, save_checkpoint
 from lib.predictor import Predictor, open_image
 from lib.referring_model import build_model
+from lib.state_dict import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_ROOT = os.path.join(REPO, "tests", "fixtures", "refer_fixture")
@@ -461,16 +456,16 @@ def test_nan_checkpoint_in_test_py_is_one_line(trained, tmp_path, monkeypatch, c
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.slow
 def test_failed_checkpoint_last_save_stops_the_run_before_model_best(tmp_path, monkeypatch, capsys):
-    import lib.checkpoint
+    import lib.checkpoint_io
 
-    real = lib.checkpoint.save_checkpoint
+    real = lib.checkpoint_io.save_checkpoint
 
     def full_disk(path, **state):
         if os.path.basename(path) == "checkpoint_last.pth":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, **state)
 
-    monkeypatch.setattr(lib.checkpoint, "save_checkpoint", full_disk)
+    monkeypatch.setattr(lib.checkpoint_io, "save_checkpoint", full_disk)
     code, out, err = run_script("train.py", train_argv(tmp_path), get_train_parser(), monkeypatch, capsys)
     assert code == 1 and "No space left" in err and "checkpoint_last.pth" in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "model_best_h.pth").exists()

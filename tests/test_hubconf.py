@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from lib.checkpoint import save_checkpoint
+from lib.checkpoint_io import save_checkpoint
 from lib.predictor import Predictor
 from lib.referring_model import build_model
 from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image

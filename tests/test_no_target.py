@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from lib.checkpoint import CheckpointError, load_lavt_checkpoint
+from lib.checkpoint import load_lavt_checkpoint
 from lib.criterion import build_criterion, no_target_loss
 from lib.no_target import NoTargetHead
 from lib.referring_model import build_model
 from lib.segmentation import build_lavt
+from lib.state_dict import CheckpointError
 
 TINY = dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], text_dim=12)
 

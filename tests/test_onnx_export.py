@@ -18,7 +18,7 @@ from bert import load_tokenizer
 from data.dataset_refer_bert import tokenize_expressions
 from errors import UserInputError
 from lib import onnx_export
-from lib.checkpoint import save_checkpoint
+from lib.checkpoint_io import save_checkpoint
 from lib.referring_model import build_model
 
 for package in ("onnx", "onnxscript", "onnxruntime"):

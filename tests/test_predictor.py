@@ -21,7 +21,7 @@ from data.evaluation import build_eval_loader
 from errors import UserInputError
 from lib import predictor as predictor_module
 from lib.architecture import load_model
-from lib.checkpoint import load_checkpoint_file, save_checkpoint
+from lib.checkpoint_io import load_checkpoint_file, save_checkpoint
 from lib.predictor import Prediction, Predictor
 from lib.referring_model import build_model
 from transforms import get_transform

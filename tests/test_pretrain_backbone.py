@@ -10,7 +10,7 @@ import torch
 
 from data.synthetic.sampling import sample_scene
 from data.synthetic.writer import HELD_OUT_DESIGN, held_out_pairs
-from lib.checkpoint import load_checkpoint_file
+from lib.checkpoint_io import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))

@@ -194,7 +194,7 @@ def run(cmd, timeout=300):
 
 @pytest.mark.slow
 def test_probe_tool_gives_the_same_numbers_in_one_and_two_processes(data_root, tmp_path):
-    from lib.checkpoint import save_checkpoint
+    from lib.checkpoint_io import save_checkpoint
     from lib.referring_model import build_model
 
     args = argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights="")

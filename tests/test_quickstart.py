@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lib.checkpoint import load_checkpoint_file
+from lib.checkpoint_io import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

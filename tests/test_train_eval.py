@@ -62,7 +62,7 @@ def run(cmd, timeout=600):
 
 
 def load_checkpoint(path):
-    from lib.checkpoint import load_checkpoint_file
+    from lib.checkpoint_io import load_checkpoint_file
 
     return load_checkpoint_file(str(path))
 
@@ -261,7 +261,7 @@ def test_legacy_distributed_launch_with_local_rank(synref, tmp_path):
 
 def test_released_format_checkpoint_evaluates_with_ddp_trained_weights(trained, synref, resized_val, tmp_path):
     """A checkpoint laid out like the released files (DDP 'module.' keys, args Namespace) runs in test.py."""
-    from lib.checkpoint import atomic_torch_save
+    from lib.checkpoint_io import atomic_torch_save
 
     checkpoint = load_checkpoint(trained / "out" / "model_best_t.pth")
     released = {"model": {f"module.{k}": v for k, v in checkpoint["model"].items()},

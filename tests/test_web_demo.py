@@ -24,7 +24,7 @@ from PIL import Image
 
 from demo_inference import overlay
 from errors import UserInputError
-from lib.checkpoint import atomic_torch_save, load_checkpoint_file, save_checkpoint
+from lib.checkpoint_io import atomic_torch_save, load_checkpoint_file, save_checkpoint
 from lib.predictor import Predictor, open_image
 from lib.weights import model_only_weights
 from tests.nano_models import EXPRESSIONS, half_foreground_nano, write_blocks_image

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 from errors import UserInputError  # noqa: E402
-from lib.checkpoint import atomic_torch_save, load_checkpoint_file  # noqa: E402
+from lib.checkpoint_io import atomic_torch_save, load_checkpoint_file  # noqa: E402
 from lib.weights import STORAGE_DTYPES, model_only_weights  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from data.evaluation import evaluate_dataset  # noqa: E402
 from data.probes import PROBES, rewrite  # noqa: E402
 from errors import UserInputError  # noqa: E402
 from lib.architecture import load_model  # noqa: E402
-from lib.checkpoint import load_checkpoint_file  # noqa: E402
+from lib.checkpoint_io import load_checkpoint_file  # noqa: E402
 from transforms import get_transform  # noqa: E402
 
 DEFAULT_PROBES = "clean,swap,category,empty,shuffle,drop-category"
