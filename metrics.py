@@ -13,6 +13,7 @@ sample's predicted and true no-target flags, `summarize_generalized` computes Re
 N-acc, T-acc and Pr@k, `format_generalized_report` prints them.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -70,20 +71,20 @@ GENERALIZED_THRESHOLDS = (0.7, 0.8, 0.9)
 
 
 def sample_record(mask, target, no_target_gt=False, no_target_logit=None, no_target_pixels=1):
-    """One sample's record: I, U, pred_pixels, no_target_gt and no_target_pred.
+    """One sample's record: I, U, pred_pixels, no_target_gt and no_target_pred (and no_target_logit).
 
     `mask` and `target` are binary (H, W) tensors of equal shape. The no-target decision is the
-    head's when a `no_target_logit` is given (logit > 0, i.e. probability > 0.5), otherwise
-    "the predicted mask has fewer than `no_target_pixels` pixels" (default 1: it is empty).
+    head's when a `no_target_logit` is given (logit > 0, i.e. probability > 0.5; the logit is kept
+    in the record, so that another threshold can be scored afterwards: `with_head_threshold`),
+    otherwise "the predicted mask has fewer than `no_target_pixels` pixels" (default 1: it is empty).
     """
     inter, union = intersection_union(mask, target)
     pred_pixels = int(mask.bool().sum())
-    if no_target_logit is not None:
-        no_target_pred = bool(float(no_target_logit) > 0)
-    else:
-        no_target_pred = pred_pixels < no_target_pixels
-    return {"I": inter, "U": union, "pred_pixels": pred_pixels, "no_target_gt": bool(no_target_gt),
-            "no_target_pred": no_target_pred}
+    record = {"I": inter, "U": union, "pred_pixels": pred_pixels, "no_target_gt": bool(no_target_gt)}
+    if no_target_logit is None:
+        return {**record, "no_target_pred": pred_pixels < no_target_pixels}
+    logit = float(no_target_logit)
+    return {**record, "no_target_pred": logit > 0, "no_target_logit": logit}
 
 
 def generalized_sample(record):
@@ -100,6 +101,25 @@ def generalized_sample(record):
     if record["no_target_pred"]:
         return "FP", 0, union, 0.0
     return "TN", inter, union, inter / union if union else 0.0
+
+
+def with_head_threshold(records, threshold):
+    """`records` re-decided by their no-target head at logit > `threshold` (records without one stay)."""
+    return [{**r, "no_target_pred": r["no_target_logit"] > threshold} if "no_target_logit" in r else r
+            for r in records]
+
+
+def head_threshold_for_t_acc(records, min_t_acc):
+    """The lowest head-logit threshold at which T-acc on `records` is still >= `min_t_acc`.
+
+    Target samples count as TN when their logit is <= the threshold, so it is the
+    ceil(min_t_acc * n)-th smallest logit of the n target samples: every lower threshold would
+    reject more of them, every higher one would miss more no-target samples.
+    """
+    logits = sorted(r["no_target_logit"] for r in records if not r["no_target_gt"])
+    if not logits:
+        raise ValueError("head_threshold_for_t_acc: no target samples to keep")
+    return logits[max(math.ceil(min_t_acc * len(logits)), 1) - 1]
 
 
 def _ratio(numerator, denominator):

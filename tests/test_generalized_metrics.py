@@ -2,7 +2,14 @@
 import pytest
 import torch
 
-from metrics import format_generalized_report, generalized_sample, sample_record, summarize_generalized
+from metrics import (
+    format_generalized_report,
+    generalized_sample,
+    head_threshold_for_t_acc,
+    sample_record,
+    summarize_generalized,
+    with_head_threshold,
+)
 
 
 def rec(i, u, gt, pred):
@@ -105,3 +112,32 @@ def test_head_logit_decides_whatever_the_mask(logit, expected):
     full, empty = torch.ones_like(TARGET), torch.zeros_like(TARGET)
     assert sample_record(full, TARGET, no_target_logit=logit)["no_target_pred"] is expected
     assert sample_record(empty, TARGET, no_target_logit=logit)["no_target_pred"] is expected
+
+
+def head_record(logit, no_target_gt):
+    mask = torch.zeros_like(TARGET) if no_target_gt else TARGET
+    return sample_record(TARGET, mask, no_target_gt=no_target_gt, no_target_logit=logit)
+
+
+def test_head_logit_is_kept_for_rescoring_and_masks_alone_have_none():
+    assert head_record(torch.tensor(-1.25), False)["no_target_logit"] == -1.25
+    assert "no_target_logit" not in sample_record(TARGET, TARGET)
+
+
+def test_val_tuned_head_threshold_keeps_t_acc_and_catches_the_rest():
+    """Ten target samples with logits 0..9 and four no-target samples: the threshold that keeps
+    T-acc >= 0.9 is the 9th smallest target logit; no-target samples above it are caught."""
+    targets = [head_record(float(v), False) for v in range(10)]
+    nothing = [head_record(v, True) for v in (8.5, 3.0, 12.0, 9.5)]
+    records = targets + nothing
+    threshold = head_threshold_for_t_acc(records, 0.9)
+    assert threshold == 8.0
+    summary = summarize_generalized(with_head_threshold(records, threshold))
+    assert summary["T-acc"] == pytest.approx(0.9) and summary["N-acc"] == pytest.approx(3 / 4)
+    assert summarize_generalized(with_head_threshold(records, 7.0))["T-acc"] == pytest.approx(0.8)
+    assert head_threshold_for_t_acc(records, 1.0) == 9.0 and head_threshold_for_t_acc(records, 0.0) == 0.0
+    # records decided by the mask (no head) keep their decision
+    plain = sample_record(torch.zeros_like(TARGET), TARGET)
+    assert with_head_threshold([plain], -100.0) == [plain]
+    with pytest.raises(ValueError, match="no target samples"):
+        head_threshold_for_t_acc(nothing, 0.9)
