@@ -41,7 +41,11 @@ class SimpleDecoding(nn.Module):
 
     def forward(self, x_c4, x_c3, x_c2, x_c1):
         """Maps from the deepest (1/32) to the finest (1/4) stage -> logits (B, 2, H/4, W/4)."""
+        return self.forward_with_features(x_c4, x_c3, x_c2, x_c1)[0]
+
+    def forward_with_features(self, x_c4, x_c3, x_c2, x_c1):
+        """(logits (B, 2, H/4, W/4), the last hidden map (B, hidden, H/4, W/4) they are predicted from)."""
         x = self._fuse(4, x_c4, x_c3)
         x = self._fuse(3, x, x_c2)
         x = self._fuse(2, x, x_c1)
-        return self.conv1_1(x).contiguous()  # channels-last inputs (bf16) give channels-last maps
+        return self.conv1_1(x).contiguous(), x  # channels-last inputs (bf16) give channels-last maps

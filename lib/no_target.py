@@ -2,10 +2,17 @@
 
 LAVT always paints its best keyword match. For generalized referring segmentation (gRefCOCO),
 where an expression may match no object, ReLA and RefSegformer add a small classifier that says
-"nothing here"; this is ours. It reads the top stage's multi-modal features (already fused with
-the language by PWAM and the gate), pools them two ways -- the average says what the image
-holds overall, the maximum whether any location matches the expression -- and maps the pair to
-one logit through a two-layer MLP. A positive logit means "no target".
+"nothing here"; this is ours. It reads two places and pools each two ways (the average says what
+the image holds overall, the maximum whether any location matches the expression):
+
+- the top stage's multi-modal features (fused with the language by PWAM and the gate);
+- the decoder's last hidden map at 1/4 resolution, from which the mask is predicted, together with
+  the mask's own margin (object minus background logit; its maximum is what the released "empty
+  mask" rule thresholds at 0).
+
+The top stage alone is a coarse place to decide from (2 x 2 cells at 64 px): a head on it alone
+caught fewer no-target expressions than the empty-mask rule (docs/benchmarks.md). A two-layer MLP
+maps the pooled features to one logit; a positive logit means "no target".
 """
 import torch
 from torch import nn
@@ -14,14 +21,21 @@ __all__ = ["NoTargetHead"]
 
 
 class NoTargetHead(nn.Module):
-    """`head(features)`: features (B, C, h, w) -> no-target logits (B,)."""
+    """`head(top_features, mask_features, mask_logits)` -> no-target logits (B,).
 
-    def __init__(self, in_channels: int, hidden_channels: int = 256):
+    top_features (B, top_channels, h, w), mask_features (B, mask_channels, H, W) and mask_logits
+    (B, 2, H, W) (the decoder's output before upsampling).
+    """
+
+    def __init__(self, top_channels: int, mask_channels: int, hidden_channels: int = 256):
         super().__init__()
-        self.norm = nn.LayerNorm(2 * in_channels)
-        self.mlp = nn.Sequential(nn.Linear(2 * in_channels, hidden_channels), nn.GELU(),
-                                 nn.Linear(hidden_channels, 1))
+        width = 2 * top_channels + 2 * mask_channels + 2
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden_channels), nn.GELU(), nn.Linear(hidden_channels, 1))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+    def forward(self, top_features: torch.Tensor, mask_features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        margin = (mask_logits[:, 1] - mask_logits[:, 0]).flatten(1)
+        pooled = torch.cat([top_features.mean(dim=(2, 3)), top_features.amax(dim=(2, 3)),
+                            mask_features.mean(dim=(2, 3)), mask_features.amax(dim=(2, 3)),
+                            margin.mean(dim=1, keepdim=True), margin.amax(dim=1, keepdim=True)], dim=1)
         return self.mlp(self.norm(pooled)).squeeze(1)

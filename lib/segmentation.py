@@ -41,10 +41,10 @@ class LAVT(nn.Module):
 
     def forward_outputs(self, image, l_feats, l_mask):
         x_c1, x_c2, x_c3, x_c4 = self.backbone(image, l_feats, l_mask)
-        logits = self.classifier(x_c4, x_c3, x_c2, x_c1)
+        logits, mask_features = self.classifier.forward_with_features(x_c4, x_c3, x_c2, x_c1)
         outputs = {"logits": F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)}
         if self.no_target_head is not None:
-            outputs["no_target_logits"] = self.no_target_head(x_c4)
+            outputs["no_target_logits"] = self.no_target_head(x_c4, mask_features, logits)
         return outputs
 
 
@@ -75,7 +75,7 @@ def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 
 
     `fusion_layer`: a name registered in the lib/fusion package (`pwam`, the released module, by default) or a
     callable following the fusion contract there; `gate_layer(dim)` builds each stage's `res_gate`.
-    `no_target_head`: add the no-target classifier on the top stage (lib/no_target.py; not released).
+    `no_target_head`: add the no-target classifier (lib/no_target.py; not released).
     `checkpoint_activations`: recompute the Swin blocks and fusion in the backward pass (same
     gradients, lower peak memory); switch later with `model.backbone.set_grad_checkpointing(...)`.
     """
@@ -87,7 +87,7 @@ def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 
                                          gate_layer=gate_layer)
     backbone.set_grad_checkpointing(checkpoint_activations)
     classifier = SimpleDecoding(8 * embed_dim, hidden_channels=4 * embed_dim)
-    head = NoTargetHead(8 * embed_dim) if no_target_head else None
+    head = NoTargetHead(8 * embed_dim, 4 * embed_dim) if no_target_head else None
     if text_encoder is None:
         return LAVT(backbone, classifier, head)
     return LAVTOne(backbone, classifier, text_encoder, head)

@@ -20,16 +20,32 @@ def inputs(batch=2, size=64):
     return torch.randn(batch, 3, size, size), torch.randn(batch, 12, 5), torch.ones(batch, 5, 1, dtype=torch.long)
 
 
-def test_head_pools_average_and_maximum():
+def test_head_pools_both_maps_and_the_mask_margin():
     torch.manual_seed(0)
-    head = NoTargetHead(4, hidden_channels=3)
-    features = torch.randn(2, 4, 3, 5)
-    pooled = torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1)
-    expected = head.mlp(torch.nn.functional.layer_norm(pooled, (8,), head.norm.weight, head.norm.bias)).squeeze(1)
-    torch.testing.assert_close(head(features), expected)
-    moved = features.clone()
-    moved[:, :, 0, 0], moved[:, :, 2, 4] = features[:, :, 2, 4], features[:, :, 0, 0]
-    torch.testing.assert_close(head(moved), head(features))  # where a match is does not matter
+    head = NoTargetHead(4, 6, hidden_channels=3)
+    top, hidden, logits = torch.randn(2, 4, 3, 5), torch.randn(2, 6, 12, 20), torch.randn(2, 2, 12, 20)
+    margin = (logits[:, 1] - logits[:, 0]).flatten(1)
+    pooled = torch.cat([top.mean((2, 3)), top.amax((2, 3)), hidden.mean((2, 3)), hidden.amax((2, 3)),
+                        margin.mean(1, keepdim=True), margin.amax(1, keepdim=True)], 1)
+    expected = head.mlp(torch.nn.functional.layer_norm(pooled, (22,), head.norm.weight, head.norm.bias)).squeeze(1)
+    torch.testing.assert_close(head(top, hidden, logits), expected)
+    moved_top, moved_hidden, moved_logits = top.clone(), hidden.clone(), logits.clone()
+    moved_top[:, :, 0, 0], moved_top[:, :, 2, 4] = top[:, :, 2, 4], top[:, :, 0, 0]
+    moved_hidden[..., 0, 0], moved_hidden[..., 11, 19] = hidden[..., 11, 19], hidden[..., 0, 0]
+    moved_logits[..., 0, 0], moved_logits[..., 11, 19] = logits[..., 11, 19], logits[..., 0, 0]
+    # where a match is does not matter
+    torch.testing.assert_close(head(moved_top, moved_hidden, moved_logits), head(top, hidden, logits))
+    swapped = logits.flip(1)  # the object and background classes exchanged: another margin, another answer
+    assert not torch.allclose(head(top, hidden, swapped), head(top, hidden, logits))
+
+
+def test_decoder_features_are_what_the_logits_are_predicted_from():
+    torch.manual_seed(0)
+    classifier = build_lavt(**TINY).classifier.eval()
+    maps = [torch.randn(2, 8 * 2 ** i, 16 // 2 ** i, 16 // 2 ** i) for i in range(4)]  # x_c1 .. x_c4
+    logits, hidden = classifier.forward_with_features(*maps[::-1])
+    assert torch.equal(logits, classifier(*maps[::-1])) and hidden.shape == (2, 32, 16, 16)
+    torch.testing.assert_close(classifier.conv1_1(hidden), logits)
 
 
 def test_forward_keeps_returning_logits():
