@@ -9,7 +9,8 @@ A new term is one function `term(outputs, targets) -> scalar` in `TERMS` and one
 weight_dict that `build_criterion` makes (or a new `LOSSES` choice naming it).
 
 With a no-target head (`"no_target_logits"` (B,) in `outputs`), a binary cross-entropy on it is
-added, weighted by `no_target_weight`. Its label is derived from the target mask -- an all-zero
+added, weighted by `no_target_weight`, and the mask terms see only the samples that have a target
+(the head, not the mask, says "nothing here"). Its label is derived from the target mask -- an all-zero
 target is a no-target expression -- so the training data need not change: in gRefCOCO-layout
 sets a no-target ref has an empty mask and a ref with a target has object pixels (a target ref
 whose only annotations are crowd regions, or whose object vanishes when the mask is resized,
@@ -78,8 +79,24 @@ class Criterion:
         # One float32 copy shared by the mask terms: under bf16 autocast their gradients then meet in
         # float32 before the one cast back, as when the loss was a single expression.
         outputs = {**outputs, "logits": outputs["logits"].float()}
-        return {name: TERMS[name](outputs, targets) for name in self.weight_dict
-                if REQUIRED_OUTPUT.get(name, "logits") in outputs}
+        mask_outputs, mask_targets = outputs, targets
+        if "no_target_logits" in outputs:
+            # With a head, "nothing here" is the head's call (the evaluation asks it, not the mask): the
+            # mask learns from the samples that have a target only, so that negatives and no-target
+            # expressions do not teach it to hedge towards empty masks wherever it is unsure.
+            has_target = (targets == 1).flatten(1).any(dim=1)
+            mask_outputs, mask_targets = {"logits": outputs["logits"][has_target]}, targets[has_target]
+        found = {}
+        for name in self.weight_dict:
+            if REQUIRED_OUTPUT.get(name, "logits") not in outputs:
+                continue
+            if name in REQUIRED_OUTPUT:
+                found[name] = TERMS[name](outputs, targets)
+            elif len(mask_targets):
+                found[name] = TERMS[name](mask_outputs, mask_targets)
+            else:  # a batch of no-target samples only: zero, still connected to the graph (DDP, accumulation)
+                found[name] = outputs["logits"].sum() * 0.0
+        return found
 
     def total(self, terms):
         """The weighted sum of `terms`, added in their order (so the released 'ce' alone is that value exactly)."""

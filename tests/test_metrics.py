@@ -108,10 +108,13 @@ def test_dice_loss_leaves_images_without_target_to_the_other_terms():
 
 def reference_loss(kind, outputs, target, no_target_weight=1.0):
     """The criterion as one expression, as it was written before it had named terms."""
-    logits = outputs["logits"].float()
+    logits, mask_target = outputs["logits"].float(), target
+    if "no_target_logits" in outputs:  # with a head, the mask learns from samples with a target only
+        keep = (target == 1).flatten(1).any(dim=1)
+        logits, mask_target = logits[keep], target[keep]
     mask_terms = {"ce": [weighted_cross_entropy], "dice": [soft_dice_loss],
                   "ce+dice": [weighted_cross_entropy, soft_dice_loss]}[kind]
-    loss = sum(term(logits, target) for term in mask_terms)
+    loss = sum(term(logits, mask_target) for term in mask_terms)
     if "no_target_logits" in outputs:
         loss = loss + no_target_weight * no_target_loss(outputs["no_target_logits"], target)
     return loss

@@ -128,8 +128,27 @@ def test_criterion_adds_weighted_term_only_with_a_head(weight):
     mask_only = criterion({"logits": mask_logits}, targets)
     assert mask_only.item() == pytest.approx(build_criterion("ce+dice")({"logits": mask_logits}, targets).item())
     combined = criterion({"logits": mask_logits, "no_target_logits": head_logits}, targets)
-    expected = mask_only.item() + weight * (bce(0.3, 0) + bce(1.2, 1)) / 2
+    # With the head, the mask terms see only sample 0 (sample 1 has no target: the head's business).
+    mask_of_targets = build_criterion("ce+dice")({"logits": mask_logits[:1]}, targets[:1]).item()
+    assert mask_of_targets != pytest.approx(mask_only.item())
+    expected = mask_of_targets + weight * (bce(0.3, 0) + bce(1.2, 1)) / 2
     assert combined.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_with_a_head_the_mask_gets_no_gradient_from_no_target_samples():
+    torch.manual_seed(0)
+    mask_logits = torch.randn(3, 2, 4, 4, requires_grad=True)
+    targets = torch.zeros(3, 4, 4, dtype=torch.long)
+    targets[2, :2] = 1
+    head_logits = torch.zeros(3, requires_grad=True)
+    build_criterion("ce+dice")({"logits": mask_logits, "no_target_logits": head_logits}, targets).backward()
+    assert mask_logits.grad[:2].abs().max().item() == 0.0 and mask_logits.grad[2].abs().max().item() > 0.0
+    assert head_logits.grad.abs().min().item() > 0.0  # the head learns from all three
+    only_empty = build_criterion("ce+dice").terms({"logits": mask_logits[:2], "no_target_logits": head_logits[:2]},
+                                                  targets[:2])
+    assert only_empty["ce"].item() == only_empty["dice"].item() == 0.0 and only_empty["no_target"].item() > 0
+    released = build_criterion("ce")({"logits": mask_logits[:2]}, targets[:2])  # no head: the mask learns "empty"
+    assert released.item() > 0
 
 
 class FixedOutputs(torch.nn.Module):
