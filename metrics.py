@@ -41,10 +41,22 @@ def report_for(summary):
     return format_generalized_report(summary) if "gIoU" in summary else format_report(summary)
 
 
-def summarize(records, thresholds=PRECISION_THRESHOLDS):
-    """Metrics (fractions, not percent) from per-sample records (dicts with "I" and "U")."""
-    ious = [r["I"] / r["U"] if r["U"] > 0 else 0.0 for r in records]
-    total_i = sum(r["I"] for r in records)
+def answered_intersection(record, head_decides=True):
+    """I of a record as the user gets it: 0 when a no-target head said "nothing here" (ReLA's FP rule:
+    no mask is given), else the mask's. Records without a head, or `head_decides=False`: the mask's."""
+    if head_decides and "no_target_logit" in record and record["no_target_pred"]:
+        return 0
+    return record["I"]
+
+
+def summarize(records, thresholds=PRECISION_THRESHOLDS, head_decides=True):
+    """Metrics (fractions, not percent) from per-sample records (dicts with "I" and "U").
+
+    Samples a no-target head declared empty score IoU 0 (`answered_intersection`) unless
+    `head_decides=False` (the mask alone)."""
+    intersections = [answered_intersection(r, head_decides) for r in records]
+    ious = [i / r["U"] if r["U"] > 0 else 0.0 for i, r in zip(intersections, records)]
+    total_i = sum(intersections)
     total_u = sum(r["U"] for r in records)
     n = len(records)
     summary = {
@@ -147,7 +159,7 @@ def summarize_generalized(records, thresholds=GENERALIZED_THRESHOLDS):
                "T-acc": _ratio(counts["TN"], counts["TN"] + counts["FP"])}
     for k in thresholds:
         summary[f"Pr@{k}"] = _ratio(sum(iou >= k for iou in target_ious), len(target_ious))
-    classic = summarize([r for r in records if not r["no_target_gt"]])
+    classic = summarize([r for r in records if not r["no_target_gt"]], head_decides=False)
     del classic["num_samples"]
     if not target_ious:
         classic = dict.fromkeys(classic)
@@ -188,7 +200,7 @@ class PredictionWriter:
         """The sample's IoU; on generalized sets ReLA's (1 for a correctly predicted 'no target')."""
         if getattr(self.dataset, "generalized", False):
             return generalized_sample(record)[3]
-        return record["I"] / record["U"] if record["U"] else 0.0
+        return answered_intersection(record) / record["U"] if record["U"] else 0.0
 
     def mask_name(self, index, sentence_index):
         return f"ref{self.dataset.ref_ids[index]}_sent{sentence_index}.png"

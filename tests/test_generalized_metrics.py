@@ -141,3 +141,18 @@ def test_val_tuned_head_threshold_keeps_t_acc_and_catches_the_rest():
     assert with_head_threshold([plain], -100.0) == [plain]
     with pytest.raises(ValueError, match="no target samples"):
         head_threshold_for_t_acc(nothing, 0.9)
+
+
+def test_on_classic_sets_a_head_that_says_nothing_scores_zero():
+    """A target sample the head declares empty gives the user no mask: IoU 0 (ReLA's FP rule), however
+    good the mask was; the mask alone is still available (head_decides=False), and masks without a
+    head are scored as before."""
+    from metrics import summarize
+
+    rejected, accepted = head_record(1.5, False), head_record(-1.5, False)
+    assert rejected["I"] == accepted["I"] == 3
+    assert summarize([rejected, accepted])["mean_iou"] == pytest.approx(0.5)
+    assert summarize([rejected, accepted], head_decides=False)["mean_iou"] == pytest.approx(1.0)
+    assert summarize([rejected])["overall_iou"] == 0.0
+    plain_empty = sample_record(torch.zeros_like(TARGET), TARGET)  # no head: the mask's own I and U
+    assert plain_empty["no_target_pred"] and summarize([plain_empty])["mean_iou"] == 0.0
