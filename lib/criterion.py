@@ -88,13 +88,12 @@ class Criterion:
             mask_outputs, mask_targets = {"logits": outputs["logits"][has_target]}, targets[has_target]
         found = {}
         for name in self.weight_dict:
-            if REQUIRED_OUTPUT.get(name, "logits") not in outputs:
-                continue
             if name in REQUIRED_OUTPUT:
-                found[name] = TERMS[name](outputs, targets)
+                if REQUIRED_OUTPUT[name] in outputs:
+                    found[name] = TERMS[name](outputs, targets)
             elif len(mask_targets):
                 found[name] = TERMS[name](mask_outputs, mask_targets)
-            else:  # a batch of no-target samples only: zero, still connected to the graph (DDP, accumulation)
+            else:  # only no-target samples: zero, still connected to the graph (DDP, accumulation)
                 found[name] = outputs["logits"].sum() * 0.0
         return found
 
