@@ -134,6 +134,8 @@ def add_training_args(parser):
     group.add_argument("--swin-lr-scale", default=1.0, type=probability, dest="swin_lr_scale",
                        help="learning rate of the pretrained Swin parameters as a fraction of --lr (released: 1; "
                             "fusion, gates and decoder keep --lr)")
+    group.add_argument("--bert-lr-scale", default=1.0, type=probability, dest="bert_lr_scale",
+                       help="learning rate of the trainable BERT layers as a fraction of --lr (released: 1)")
     group.add_argument("--wd", "--weight-decay", default=1e-2, type=non_negative_float, dest="weight_decay", help="weight decay")
     group.add_argument("--amsgrad", action="store_true", help="use the AMSGrad variant of AdamW")
     group.add_argument("--loss", default="ce", choices=LOSSES,

@@ -47,11 +47,12 @@ def freeze_text_encoder_layers(text_encoder, trainable_layers):
             param.requires_grad_(True)
 
 
-def build_param_groups(referring_model, swin_lr=None):
+def build_param_groups(referring_model, swin_lr=None, bert_lr=None):
     """AdamW groups of the released recipe: backbone (no decay / decay), decoder, BERT layers.
 
     `swin_lr` (not released) gives the backbone's pretrained Swin parameters a learning rate of their
     own, in two more groups; its fusion modules and gates, which start from scratch, keep the base rate.
+    `bert_lr` (not released) likewise sets the rate of the trainable BERT layers.
     """
     model = referring_model.model
     no_decay_names = set(model.backbone.no_weight_decay_parameters())
@@ -69,7 +70,7 @@ def build_param_groups(referring_model, swin_lr=None):
         groups.append({"params": list(model.no_target_head.parameters())})
     text_params = [p for p in referring_model.text_encoder.parameters() if p.requires_grad]
     if text_params:
-        groups.append({"params": text_params})
+        groups.append({"params": text_params, **({"lr": bert_lr} if bert_lr is not None else {})})
     return groups
 
 
@@ -119,7 +120,8 @@ def build_optimizer(model_without_ddp, args, device):
     if args.fused_adamw and not fused:
         print(f"--fused-adamw: the fused kernel is used on CUDA only; {device.type} keeps the default AdamW.")
     swin_lr = args.lr * args.swin_lr_scale if args.swin_lr_scale != 1.0 else None
-    return torch.optim.AdamW(build_param_groups(model_without_ddp, swin_lr), lr=args.lr,
+    bert_lr = args.lr * args.bert_lr_scale if args.bert_lr_scale != 1.0 else None
+    return torch.optim.AdamW(build_param_groups(model_without_ddp, swin_lr, bert_lr), lr=args.lr,
                              weight_decay=args.weight_decay, amsgrad=args.amsgrad, **({"fused": True} if fused else {}))
 
 

@@ -109,3 +109,32 @@ def test_swin_lr_scale_slows_only_the_pretrained_swin():
         from_scratch = ".fusion." in name or ".res_gate." in name
         assert lr_of[id(param)] == (1e-3 if from_scratch else 1e-5), name
     assert all(lr_of[id(p)] == 1e-3 for p in model.model.classifier.parameters())
+
+
+def test_bert_lr_scale_sets_only_the_text_encoder_rate():
+    from lib.referring_model import build_model
+    from train import build_param_groups, freeze_text_encoder_layers
+
+    model = build_model(argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights=""))
+    freeze_text_encoder_layers(model.text_encoder, 2)
+    optimizer = torch.optim.AdamW(build_param_groups(model, bert_lr=2e-5), lr=1e-3)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    text = [p for p in model.text_encoder.parameters() if p.requires_grad]
+    assert text and all(lr_of[id(p)] == 2e-5 for p in text)
+    assert all(id(p) not in lr_of for p in model.text_encoder.parameters() if not p.requires_grad)
+    assert all(lr_of[id(p)] == 1e-3 for p in model.model.parameters())
+
+
+def test_bert_lr_scale_reaches_the_optimizer_from_the_command_line():
+    from args import get_train_parser
+    from lib.referring_model import build_model
+    from train import build_optimizer, freeze_text_encoder_layers
+
+    model = build_model(argparse.Namespace(model="lavt", swin_type="nano", ck_bert="minilm", pretrained_swin_weights=""))
+    freeze_text_encoder_layers(model.text_encoder, 6)
+    rates = {}
+    for scale in ("1", "0.1"):
+        args = get_train_parser().parse_args(["--lr", "1e-3", "--bert-lr-scale", scale])
+        optimizer = build_optimizer(model, args, torch.device("cpu"))
+        rates[scale] = optimizer.param_groups[-1]["lr"]
+    assert rates == {"1": 1e-3, "0.1": pytest.approx(1e-4)}
