@@ -29,7 +29,7 @@ EVAL_BATCH = 64
 # learns at a fifth of the rate of the fusion and decoder, which start from scratch. Without
 # stochastic depth the small model learns faster; batch 32 trains 1.3x more images per CPU second.
 RECIPE = {
-    "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
+    "swin_type": "nano", "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
     "epochs": 12, "lr": 1e-3, "weight_decay": 1e-2, "drop_path": 0.0, "loss": "ce+dice", "amp": "bf16",
     "pretrained": "pretrained_weights/swin_nano_synref.pth", "swin_lr_scale": 0.2,
 }
@@ -54,7 +54,7 @@ def run(cmd):
 
 
 def common_flags(opts, data_root):
-    return ["--device", "cpu", "--model", "lavt", "--swin_type", "nano", "--window-size", str(opts.window_size),
+    return ["--device", "cpu", "--model", "lavt", "--swin_type", opts.swin_type, "--window-size", str(opts.window_size),
             "--ck_bert", "minilm", "--bert_tokenizer", "minilm", "--dataset", "synref", "--splitBy", "unc",
             "--refer_data_root", data_root, "--img_size", str(opts.img_size), "--workers", "0",
             "--amp", opts.amp, "--eval-batch-size", str(EVAL_BATCH)]
