@@ -23,3 +23,13 @@ def test_threshold_keeps_the_clean_floor_and_rejects_the_most_counterfactuals():
     anything = head_trade_off(clean, counterfactual, floor=0.0)  # no floor: the first threshold rejecting every counterfactual
     assert anything["false_positive_rate"] == 0.0 and anything["clean_mean_iou"] == pytest.approx(0.25)
     assert math.isinf(head_trade_off(clean, counterfactual, floor=0.7)["threshold"]) is False
+
+
+def test_budget_and_swin_type_reach_every_command():
+    from bench.bench_language import parse_args
+    from bench.training_runs import model_flags
+
+    tiny = parse_args(["--budget", "tiny", "--out", "/tmp/unused"])
+    assert tiny.swin_type == "nano" and tiny.epochs == 1
+    flags = model_flags("/tmp/unused", "synref", parse_args(["--swin-type", "tiny", "--epochs", "3"]))
+    assert flags[flags.index("--swin_type") + 1] == "tiny"
