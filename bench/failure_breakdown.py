@@ -1,0 +1,101 @@
+"""Where a SynRef model loses mean IoU: wrong object, hedged mask, or coarse outline, per expression type.
+
+    python bench/failure_breakdown.py runs/quickstart/predictions/val --refer_data_root runs/quickstart/data
+
+Reads the predictions.jsonl that test.py --save-predictions (or the quickstart, under predictions/val)
+writes, and the SynRef sidecar of the set, and splits every expression into: missed (IoU < 0.1: wrong
+object or nothing), hedged (0.1 <= IoU < 0.5: typically the target plus a look-alike; mean recall and
+precision of those masks are printed) and found (IoU >= 0.5; their mean IoU is the outline quality,
+which bounds what a perfect choice of object would score). The same per target size, in pixels at
+the evaluation resolution (target = U - predicted + I). docs/synthetic.md's readings come from here.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+AREA_BINS = ((0, 60), (60, 120), (120, 250), (250, None))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("predictions", help="folder holding predictions.jsonl")
+    parser.add_argument("--refer_data_root", required=True, help="the SynRef set's REFER data root")
+    parser.add_argument("--dataset", default="synref")
+    parser.add_argument("--splitBy", default="unc")
+    return parser.parse_args(argv)
+
+
+def summarize(rows):
+    """{"samples", "mean_iou", "missed", "hedged", "found" (shares), "found_iou", "hedged_recall",
+    "hedged_precision"} of prediction rows (I, U, pred_pixels); values are fractions, None when empty."""
+    ious = [r["I"] / r["U"] if r["U"] else 0.0 for r in rows]
+    hedged = [r for r, iou in zip(rows, ious) if 0.1 <= iou < 0.5]
+    found = [iou for iou in ious if iou >= 0.5]
+
+    def mean(values):
+        values = list(values)
+        return sum(values) / len(values) if values else None
+
+    n = len(rows)
+    return {"samples": n, "mean_iou": mean(ious),
+            "missed": sum(iou < 0.1 for iou in ious) / n if n else None,
+            "hedged": len(hedged) / n if n else None, "found": len(found) / n if n else None,
+            "found_iou": mean(found),
+            "hedged_recall": mean(r["I"] / target_pixels(r) for r in hedged),
+            "hedged_precision": mean(r["I"] / r["pred_pixels"] for r in hedged)}
+
+
+def target_pixels(row):
+    return row["U"] - row["pred_pixels"] + row["I"]
+
+
+def expression_types(refer, scenes_path):
+    """{(ref_id, sentence_index): SynRef expression type} of every referred sentence."""
+    with open(scenes_path) as handle:
+        type_of = {e["sent_id"]: e["form"]["type"] for e in json.load(handle)["expressions"]}
+    return {(ref_id, i): type_of[sent_id] for ref_id, ref in refer.Refs.items() for i, sent_id in enumerate(ref["sent_ids"])}
+
+
+def breakdown(rows, types):
+    """(per expression type, per target-size bin) summaries; `types` maps (ref_id, sentence_index) to a type."""
+    by_type = {}
+    for row in rows:
+        by_type.setdefault(types[(row["ref_id"], row["sentence_index"])], []).append(row)
+    by_area = {}
+    for low, high in AREA_BINS:
+        label = f"{low}-{high}" if high is not None else f">={low}"
+        by_area[label] = [r for r in rows if target_pixels(r) >= low and (high is None or target_pixels(r) < high)]
+    return ({k: summarize(v) for k, v in sorted(by_type.items())} | {"all": summarize(rows)},
+            {k: summarize(v) for k, v in by_area.items()})
+
+
+def markdown(summaries, first_column):
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    lines = [f"| {first_column} | samples | mean IoU | missed (<0.1) % | hedged (0.1-0.5) % | found (>=0.5) % | "
+             "IoU of found | hedged: recall / precision |", "|---" * 8 + "|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | {s['samples']} | {pct(s['mean_iou'])} | {pct(s['missed'])} | {pct(s['hedged'])} | "
+                     f"{pct(s['found'])} | {pct(s['found_iou'])} | {pct(s['hedged_recall'])} / {pct(s['hedged_precision'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    from refer.refer import REFER
+
+    args = parse_args(argv)
+    with open(os.path.join(args.predictions, "predictions.jsonl")) as handle:
+        rows = [json.loads(line) for line in handle]
+    refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
+    scenes = os.path.join(args.refer_data_root, args.dataset, "synthetic_scenes.json")
+    by_type, by_area = breakdown(rows, expression_types(refer, scenes))
+    print(markdown(by_type, "expression type"))
+    print(markdown(by_area, "target pixels"))
+
+
+if __name__ == "__main__":
+    main()

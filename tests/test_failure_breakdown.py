@@ -1,0 +1,43 @@
+"""bench/failure_breakdown.py: missed / hedged / found shares, outline quality, per type and target size."""
+import json
+import pickle
+
+import pytest
+
+from bench.failure_breakdown import breakdown, main, summarize
+
+
+def row(ref_id, i, inter, union, predicted, sentence_index=0):
+    return {"ref_id": ref_id, "sentence_index": sentence_index, "I": inter, "U": union, "pred_pixels": predicted}
+
+
+def test_shares_outline_quality_and_hedged_precision():
+    rows = [row(0, 0, 0, 50, 20),     # missed: IoU 0 (target 30 px)
+            row(1, 0, 30, 100, 90),   # hedged: IoU 0.3, target 40 px, recall 0.75, precision 1/3
+            row(2, 0, 80, 100, 90),   # found: IoU 0.8
+            row(3, 0, 90, 100, 95)]   # found: IoU 0.9
+    s = summarize(rows)
+    assert (s["missed"], s["hedged"], s["found"]) == (0.25, 0.25, 0.5)
+    assert s["found_iou"] == pytest.approx(0.85) and s["mean_iou"] == pytest.approx(0.5)
+    assert s["hedged_recall"] == pytest.approx(0.75) and s["hedged_precision"] == pytest.approx(1 / 3)
+    assert summarize([row(0, 0, 0, 0, 0)])["mean_iou"] == 0.0  # U = 0 scores 0, as the evaluation does
+
+
+def test_rows_are_split_by_expression_type_and_target_size():
+    rows = [row(0, 0, 40, 50, 45), row(0, 0, 10, 200, 150, sentence_index=1), row(1, 0, 0, 300, 0)]
+    types = {(0, 0): "attribute", (0, 1): "ordinal", (1, 0): "ordinal"}
+    by_type, by_area = breakdown(rows, types)
+    assert by_type["attribute"]["samples"] == 1 and by_type["ordinal"]["samples"] == 2
+    assert by_type["all"]["samples"] == 3 and by_type["ordinal"]["missed"] == 1.0
+    # target pixels: 50 - 45 + 40 = 45, 200 - 150 + 10 = 60, 300
+    assert [s["samples"] for s in by_area.values()] == [1, 1, 0, 1]
+
+
+def test_script_reads_a_generated_set(generated_set, tmp_path, capsys):
+    root = generated_set(dataset="synref", num_images=6, img_size=64, seed=3)
+    refs = pickle.loads((root / "synref" / "refs(unc).p").read_bytes())
+    rows = [row(ref["ref_id"], 0, 10, 20, 15) for ref in refs if ref["split"] == "val"]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main([str(tmp_path), "--refer_data_root", str(root)])
+    out = capsys.readouterr().out
+    assert f"| all | {len(rows)} | 50.0 |" in out
