@@ -4,9 +4,9 @@
     python bench/bench_language.py --out /tmp/bl --budget tiny          # a minute-long smoke run
 
 Generates a SynRef set (REFER layout, with counterfactuals), fine-tunes the shipped pretrained nano
-backbone with the quickstart's recipe (bench/training_runs.py BUDGETS: 64 px, window 4, frozen MiniLM
-with cached features, bf16 autocast, batch 32, AdamW 6e-4, CE + Dice) once per training option at the
-same number of epochs, then evaluates each best checkpoint on val under every language probe
+backbone with the quickstart's recipe at 24 epochs (bench/training_runs.py BUDGETS: 64 px, window 4,
+frozen MiniLM with cached features, bf16 autocast, batch 32, AdamW 1e-3 with the Swin at 0.2x, CE + Dice)
+once per training option at the same number of epochs, then evaluates each best checkpoint on val under every language probe
 (tools/probes.py: clean, swap, category, empty, shuffle, drop-category, counterfactual). Prints one
 table, probes side by side, and writes it to <out>/bench_language.md and .json. Recipes (--recipes
 picks some):
