@@ -28,7 +28,7 @@ from machine import machine_line  # noqa: E402
 import metrics  # noqa: E402
 
 RECIPES = {"released": [], "no-target head": ["--no-target-head"],
-           "head, loss weight 5": ["--no-target-head", "--no-target-loss-weight", "5"]}
+           "head with loss weight 5": ["--no-target-head", "--no-target-loss-weight", "5"]}
 DATASET = "gsynref"
 SPLITS = ("val", "testC")
 METRICS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.9", "mean_iou")

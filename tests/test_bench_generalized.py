@@ -18,3 +18,10 @@ def test_each_half_is_decided_by_the_threshold_of_the_other():
     # First half at 6: targets kept, no-target 3 missed, 7 caught; second half at 1: both targets
     # rejected, no-target 2 and 8 caught.
     assert fitted["T-acc"] == pytest.approx(2 / 4) and fitted["N-acc"] == pytest.approx(3 / 4)
+
+
+def test_default_recipes_parse():
+    from bench.bench_generalized import RECIPES, parse_args
+
+    assert all("," not in name for name in RECIPES)  # --recipes is a comma-separated list of these names
+    assert parse_args([]).recipes == list(RECIPES)
