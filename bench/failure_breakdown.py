@@ -30,8 +30,10 @@ def parse_args(argv=None):
 
 def summarize(rows):
     """{"samples", "mean_iou", "missed", "hedged", "found" (shares), "found_iou", "hedged_recall",
-    "hedged_precision"} of prediction rows (I, U, pred_pixels); values are fractions, None when empty."""
-    ious = [r["I"] / r["U"] if r["U"] else 0.0 for r in rows]
+    "hedged_precision"} of prediction rows (IoU, I, U, pred_pixels); values are fractions, None when empty.
+
+    "IoU" is the evaluation's own (metrics.PredictionWriter: 0 for a target the no-target head rejected)."""
+    ious = [r["IoU"] for r in rows]
     hedged = [r for r, iou in zip(rows, ious) if 0.1 <= iou < 0.5]
     found = [iou for iou in ious if iou >= 0.5]
 
@@ -52,10 +54,8 @@ def target_pixels(row):
     return row["U"] - row["pred_pixels"] + row["I"]
 
 
-def expression_types(refer, scenes_path):
-    """{(ref_id, sentence_index): SynRef expression type} of every referred sentence."""
-    with open(scenes_path) as handle:
-        type_of = {e["sent_id"]: e["form"]["type"] for e in json.load(handle)["expressions"]}
+def sentence_types(refer, type_of):
+    """{(ref_id, sentence_index): expression type} from the {sent_id: type} of data.synthetic.expression_types."""
     return {(ref_id, i): type_of[sent_id] for ref_id, ref in refer.Refs.items() for i, sent_id in enumerate(ref["sent_ids"])}
 
 
@@ -85,14 +85,15 @@ def markdown(summaries, first_column):
 
 
 def main(argv=None):
+    from data.synthetic import expression_types
     from refer.refer import REFER
 
     args = parse_args(argv)
     with open(os.path.join(args.predictions, "predictions.jsonl")) as handle:
         rows = [json.loads(line) for line in handle]
     refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
-    scenes = os.path.join(args.refer_data_root, args.dataset, "synthetic_scenes.json")
-    by_type, by_area = breakdown(rows, expression_types(refer, scenes))
+    types = sentence_types(refer, expression_types(args.refer_data_root, args.dataset))
+    by_type, by_area = breakdown(rows, types)
     print(markdown(by_type, "expression type"))
     print(markdown(by_area, "target pixels"))
 

@@ -7,8 +7,10 @@ import pytest
 from bench.failure_breakdown import breakdown, main, summarize
 
 
-def row(ref_id, i, inter, union, predicted, sentence_index=0):
-    return {"ref_id": ref_id, "sentence_index": sentence_index, "I": inter, "U": union, "pred_pixels": predicted}
+def row(ref_id, i, inter, union, predicted, sentence_index=0, iou=None):
+    iou = (inter / union if union else 0.0) if iou is None else iou
+    return {"ref_id": ref_id, "sentence_index": sentence_index, "I": inter, "U": union, "pred_pixels": predicted,
+            "IoU": iou}
 
 
 def test_shares_outline_quality_and_hedged_precision():
@@ -21,6 +23,8 @@ def test_shares_outline_quality_and_hedged_precision():
     assert s["found_iou"] == pytest.approx(0.85) and s["mean_iou"] == pytest.approx(0.5)
     assert s["hedged_recall"] == pytest.approx(0.75) and s["hedged_precision"] == pytest.approx(1 / 3)
     assert summarize([row(0, 0, 0, 0, 0)])["mean_iou"] == 0.0  # U = 0 scores 0, as the evaluation does
+    # A target the no-target head rejected: the evaluation's IoU 0 counts, not the mask's I / U.
+    assert summarize([row(0, 0, 90, 100, 95, iou=0.0)])["missed"] == 1.0
 
 
 def test_rows_are_split_by_expression_type_and_target_size():

@@ -123,10 +123,11 @@ def _overlay_figure(plt, np, Image, dataset, prediction_dir, chosen, out_path):
     plt.close(fig)
 
 
-def mean_iou_by_expression_type(dataset, prediction_dir, scenes_path):
+def mean_iou_by_expression_type(dataset, prediction_dir, data_root):
     """Mean IoU per SynRef expression type (attribute / location / relation / ordinal) of saved predictions."""
-    with open(scenes_path) as handle:
-        type_of = {e["sent_id"]: e["form"]["type"] for e in json.load(handle)["expressions"]}
+    from data.synthetic import expression_types
+
+    type_of = expression_types(data_root, "synref")
     ious = {}
     for line in open(os.path.join(prediction_dir, "predictions.jsonl")):
         row = json.loads(line)
@@ -219,7 +220,7 @@ def evaluate_checkpoint(opts, out, data_root):
                                       clean_records=records["val"])
     results["val, swapped expressions"] = probe_results["swap"]
     by_type = mean_iou_by_expression_type(datasets["val"], os.path.join(out, "predictions", "val"),
-                                          os.path.join(data_root, "synref", "synthetic_scenes.json"))
+                                          data_root)
     return results, by_type, probe_results, probes.indicators(probe_results), datasets["val"]
 
 

@@ -279,3 +279,9 @@ def generate(root: str, dataset: str = "synref", num_images: int = 2000, img_siz
               "num_held_out": num_held_out, "distractor_prob": distractor_prob, "mix": mix}
     records.write_common(params, held_out, splitBy)
     return records.summary(root, splitBy, held_out, with_distractor / max(len(records.refs), 1), started)
+
+
+def expression_types(root: str, dataset: str) -> dict:
+    """{sent_id: expression type} of a generated set, read from its synthetic_scenes.json sidecar."""
+    with open(os.path.join(root, dataset, "synthetic_scenes.json"), encoding="utf-8") as handle:
+        return {e["sent_id"]: e["form"]["type"] for e in json.load(handle)["expressions"]}
