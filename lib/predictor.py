@@ -20,13 +20,15 @@ Example (a randomly initialised nano model, so its masks mean nothing):
 >>> options = argparse.Namespace(model="lavt", swin_type="nano", window_size=4, ck_bert="minilm",
 ...                              bert_tokenizer="minilm", img_size=64)
 >>> model = build_model(options, pretrained=False)
->>> path = os.path.join(tempfile.mkdtemp(), "nano.pth")
+>>> folder = tempfile.TemporaryDirectory()
+>>> path = os.path.join(folder.name, "nano.pth")
 >>> save_checkpoint(path, model=model.model, bert_model=model.bert_model, args=options)
 >>> predictor = Predictor.from_checkpoint(path, device="cpu")
 >>> image = np.zeros((30, 41, 3), dtype=np.uint8)
 >>> first, second = predictor.predict(image, ["the red disk", "the square on the left"])
 >>> first.mask.shape, first.mask.dtype, first.probability.dtype, first.no_target
 ((30, 41), dtype('bool'), dtype('float32'), None)
+>>> folder.cleanup()
 """
 import os
 import warnings

@@ -5,6 +5,7 @@ or trains carries the `slow` marker. `slow_guard` below enforces that rule,
 so an unmarked test that starts one (or trains) fails instead of silently slowing the fast tier down.
 """
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -20,6 +21,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """module_tmp(name) -> a new folder, removed when the module's tests end. For module-scoped fixtures
+    that write checkpoints: kept to the session's end, the suite's checkpoints add up to ~10 GB, more
+    than a CI machine may have free (function-scoped `tmp_path` folders go when their test passes,
+    by `tmp_path_retention_policy`)."""
+    made = []
+
+    def mktemp(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,9 @@ ORIGINAL_MODEL_FLAGS = ["--model", "lavt", "--swin_type", "nano", "--ck_bert", "
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory):
+def released(module_tmp):
     """(path of a nano LAVT saved as the released checkpoints are, the model it was saved from)."""
-    root = tmp_path_factory.mktemp("released")
+    root = module_tmp("released")
     model, _ = half_foreground_nano(write_blocks_image(root / "blocks.png"))
     # The original train.py saved the DDP-wrapped modules and its own argparse options, which have
     # none of this project's additions (fusion, window_size, no_target_head, a content hash).

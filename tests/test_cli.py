@@ -73,11 +73,11 @@ def run_script(script, argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
+def toy_run(module_tmp):
     """train.py with the toy fusion, chosen by --fusion only: its run directory and best checkpoint."""
     import lib.referring_model
 
-    base = tmp_path_factory.mktemp("toy_fusion")
+    base = module_tmp("toy_fusion")
     build_model = lib.referring_model.build_model
     initial = {}
 

@@ -29,8 +29,8 @@ NUMBER = {2: ("both", "two", "2"), 3: ("three", "3"), 4: ("four", "4"), 5: ("fiv
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("coco_refs")
+def sets(module_tmp):
+    folder = module_tmp("coco_refs")
     paths = write_coco_fixture(str(folder / "coco"), num_train=14, num_val=24, seed=3)
     root = str(folder / "data")
     found = {"paths": paths, "root": root}

@@ -78,9 +78,9 @@ def data_copy(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_72(tmp_path_factory):
+def checkpoint_72(module_tmp):
     """One epoch at --img_size 72 (not a multiple of 32): its best checkpoint serves the evaluation tests."""
-    base = tmp_path_factory.mktemp("img72")
+    base = module_tmp("img72")
     args = get_train_parser().parse_args(train_flags(base, img_size=72))
     runpy.run_path(os.path.join(REPO, "train.py"), run_name="cli_under_test")["main"](args)
     return base / "out" / "model_best_e.pth"

@@ -53,8 +53,8 @@ def training_checkpoint(path, model, options):
 
 
 @pytest.fixture(scope="module")
-def nano(tmp_path_factory):
-    root = tmp_path_factory.mktemp("weights")
+def nano(module_tmp):
+    root = module_tmp("weights")
     image = write_blocks_image(str(root / "blocks.png"))
     model, options = half_foreground_nano(image)
     with torch.no_grad():  # AdamW's decoupled weight decay would move them; keep the test's model fixed
@@ -163,8 +163,8 @@ def test_swin_b_bert_base_fp16_is_half_of_fp32(tmp_path):
     model = build_model(options, pretrained=False)
     save_checkpoint(tmp_path / "base.pth", model=model.model, bert_model=model.bert_model, args=options)
     del model
-    fp32 = export(tmp_path / "base.pth", tmp_path / "base_fp32.pth")
-    fp16 = export(tmp_path / "base.pth", tmp_path / "base_fp16.pth", "--dtype", "fp16")
-    ratio = os.path.getsize(fp16) / os.path.getsize(fp32)
-    print(f"Swin-B + BERT-base: fp32 {os.path.getsize(fp32) / 1e6:.1f} MB, fp16 {os.path.getsize(fp16) / 1e6:.1f} MB")
-    assert 0.49 < ratio < 0.52
+    fp32_size = os.path.getsize(export(tmp_path / "base.pth", tmp_path / "base_fp32.pth"))
+    os.remove(tmp_path / "base_fp32.pth")  # 0.9 GB: a CI disk may not hold all three files
+    fp16_size = os.path.getsize(export(tmp_path / "base.pth", tmp_path / "base_fp16.pth", "--dtype", "fp16"))
+    print(f"Swin-B + BERT-base: fp32 {fp32_size / 1e6:.1f} MB, fp16 {fp16_size / 1e6:.1f} MB")
+    assert 0.49 < fp16_size / fp32_size < 0.52

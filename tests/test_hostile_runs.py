@@ -401,8 +401,8 @@ def run_script(script, argv, parser, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("trained")
+def trained(module_tmp):
+    base = module_tmp("trained")
     main = runpy.run_path(os.path.join(REPO, "train.py"), run_name="cli_under_test")["main"]
     with pytest.warns(UserWarning):  # the fixture's empty masks
         main(get_train_parser().parse_args(train_argv(base)))

@@ -36,10 +36,10 @@ def export_tool():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_tmp):
     from transformers import BertConfig
 
-    root = tmp_path_factory.mktemp("onnx")
+    root = module_tmp("onnx")
     text_encoder = root / "small_bert"
     BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128).save_pretrained(
         text_encoder)

@@ -47,9 +47,9 @@ def generated_model(args, seed=0):
 
 
 @pytest.fixture(scope="module")
-def lavt_checkpoint(tmp_path_factory):
+def lavt_checkpoint(module_tmp):
     model = generated_model(options())
-    path = tmp_path_factory.mktemp("ckpt") / "nano_lavt.pth"
+    path = module_tmp("ckpt") / "nano_lavt.pth"
     save_checkpoint(path, model=model.model, bert_model=model.bert_model, args=options(), epoch=3)
     return path
 

@@ -17,9 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def gset(tmp_path_factory):
+def gset(module_tmp):
     """A 40-image generalized set at 64 px with its grefs / instances / sidecar loaded."""
-    root = tmp_path_factory.mktemp("gsynref")
+    root = module_tmp("gsynref")
     summary = synthetic.generate_generalized(str(root), dataset="gsyn", num_images=40, img_size=SIZE, seed=0)
     data_dir = root / "gsyn"
     meta = json.loads((data_dir / "synthetic_scenes.json").read_text())

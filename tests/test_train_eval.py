@@ -79,9 +79,9 @@ def assert_same_parameters(path_a, path_b, atol=1e-6):
 
 
 @pytest.fixture(scope="module")
-def trained(synref, tmp_path_factory):
+def trained(synref, module_tmp):
     """A 2-epoch single-process run, reused by several tests."""
-    base = tmp_path_factory.mktemp("train")
+    base = module_tmp("train")
     run(train_cmd(synref, base / "run", base / "out"))
     return base
 
@@ -101,9 +101,9 @@ def test_single_process_training_writes_checkpoints_and_metrics(trained):
 
 
 @pytest.fixture(scope="module")
-def resized_val(trained, synref, tmp_path_factory):
+def resized_val(trained, synref, module_tmp):
     """test.py on val with the released protocol: (stdout, results record, predictions.jsonl rows)."""
-    base = tmp_path_factory.mktemp("resized")
+    base = module_tmp("resized")
     out, predictions = base / "res.json", base / "pred"
     result = run([PY, "test.py", *common_flags(synref), "--split", "val", "--resume",
                   str(trained / "out" / "model_best_t.pth"), "--results-json", str(out),
@@ -213,9 +213,9 @@ def torchrun_train_cmd(synref, run_dir, out_dir, extra=()):
 
 
 @pytest.fixture(scope="module")
-def torchrun_trained(synref, tmp_path_factory):
+def torchrun_trained(synref, module_tmp):
     """2 epochs under torchrun (2 Gloo ranks) with --accum-steps 2 --checkpoint-activations: (dir, stdout)."""
-    base = tmp_path_factory.mktemp("torchrun")
+    base = module_tmp("torchrun")
     result = run(torchrun_train_cmd(synref, base / "run", base / "out"))
     return base, result.stdout
 

@@ -66,9 +66,9 @@ def wait_until_listening(process, port, log_path):
 
 
 @pytest.fixture(scope="module")
-def nano_checkpoint(tmp_path_factory):
+def nano_checkpoint(module_tmp):
     """A model-only fp16 file (what one deploys), MiniLM referenced by name."""
-    root = tmp_path_factory.mktemp("web_demo")
+    root = module_tmp("web_demo")
     model, options = half_foreground_nano(write_blocks_image(str(root / "calib.png")))
     save_checkpoint(root / "nano.pth", model=model.model, bert_model=model.bert_model, args=options)
     weights, _ = model_only_weights(load_checkpoint_file(root / "nano.pth"), "fp16")
@@ -78,11 +78,11 @@ def nano_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_url(nano_checkpoint, tmp_path_factory):
+def demo_url(nano_checkpoint, module_tmp):
     """The demo's address, served from a subprocess for the tests of this module."""
     if importlib.util.find_spec("gradio") is None:
         pytest.skip("the optional package 'gradio' is not installed (pip install -r requirements-demo.txt)")
-    port, log_path = free_port(), tmp_path_factory.mktemp("server") / "server.log"
+    port, log_path = free_port(), module_tmp("server") / "server.log"
     command = [sys.executable, os.path.join(REPO, "tools", "web_demo.py"), "--resume", nano_checkpoint,
                "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "w") as log:
