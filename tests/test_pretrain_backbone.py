@@ -53,6 +53,36 @@ def test_labels_follow_the_visible_objects():
     assert labels[0].max() <= 8 and labels[1].max() <= 8 and labels[2].max() <= 2
 
 
+def test_position_labels_are_the_bins_of_each_object_centre():
+    bins, size = 3, 64
+    image, labels = pretrain_backbone.make_scene(seed=2, index=4, gen_size=size, size=size, position_bins=bins)
+    assert labels.shape == (5, size, size)
+    scene, _, _, visible = sample_scene(np.random.default_rng([2, 4, pretrain_backbone.STREAM_KEY]), size,
+                                        avoid=HELD_OUT_DESIGN)
+    columns = set()
+    for obj, mask in zip(scene["objects"], visible, strict=True):
+        column, row = min(int(obj["cx"] * bins // size), bins - 1), min(int(obj["cy"] * bins // size), bins - 1)
+        assert (labels[3][mask] == column + 1).all() and (labels[4][mask] == row + 1).all()
+        columns.add(column)
+    assert np.array_equal(labels[3] > 0, labels[0] > 0) and labels[3].max() <= bins
+    assert len(columns) > 1  # the case checks more than one bin
+    plain = pretrain_backbone.make_scene(seed=2, index=4, gen_size=size, size=size)[1]
+    assert np.array_equal(plain, labels[:3])  # the option only adds tasks
+
+
+@pytest.mark.slow
+def test_position_bins_train_and_report_column_and_row(tmp_path):
+    provenance = pretrain_backbone.main(["--out", str(tmp_path / "swin.pth"), "--num-images", "20", "--epochs", "1",
+                                         "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64",
+                                         "--position-bins", "4", "--cache", str(tmp_path / "scenes.npz")])
+    assert set(provenance["history"][-1]["val_accuracy"]) == {"colour", "shape", "size", "column", "row"}
+    # The cache of scenes without position labels is not reused for a run that needs them.
+    again = pretrain_backbone.main(["--out", str(tmp_path / "plain.pth"), "--num-images", "20", "--epochs", "1",
+                                    "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64",
+                                    "--cache", str(tmp_path / "scenes.npz")])
+    assert set(again["history"][-1]["val_accuracy"]) == {"colour", "shape", "size"}
+
+
 @pytest.mark.slow
 def test_tiny_pretraining_writes_weights_that_pretrained_swin_weights_loads(tmp_path):
     from lib.segmentation import lavt
@@ -82,6 +112,8 @@ def test_bad_arguments_are_user_errors(tmp_path):
         pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--num-images", "5"])
     with pytest.raises(UserInputError, match="--epochs"):
         pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--epochs", "0"])
+    with pytest.raises(UserInputError, match="--position-bins"):
+        pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--position-bins", "-1"])
 
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="shipped weights not present")

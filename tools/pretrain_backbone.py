@@ -7,7 +7,9 @@ such backbone exists, so a from-scratch model spends its budget learning to see 
 before it can learn to read. This script trains the plain Swin (no fusion, no language: the
 backbone's `visual_features`) with a dense, language-free objective: for every pixel, the colour,
 the shape and the size class of the object painted there (or background), from a light FPN-style
-head on the four stages. The scenes come from SynRef's own sampler with a random stream that no
+head on the four stages; `--position-bins N` adds the column and the row of the object's centre, in
+N equal bins of the image (a Swin without absolute position embeddings, as LAVT's, must learn
+where things are from the image borders, which location and ordinal expressions need). The scenes come from SynRef's own sampler with a random stream that no
 benchmark seed uses, and no object has one of the colour-shape pairs that testC may hold out
 (data/synthetic/writer.py's HELD_OUT_DESIGN), so testC stays a test of composition.
 
@@ -44,6 +46,16 @@ from transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 STREAM_KEY = 2
 # Per-pixel class tasks: name -> classes after background (0).
 TASKS = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}
+POSITION_TASKS = ("column", "row")
+
+
+def task_names(position_bins=0):
+    return list(TASKS) + (list(POSITION_TASKS) if position_bins else [])
+
+
+def num_classes(position_bins=0):
+    """Classes per task, background included."""
+    return [len(c) + 1 for c in TASKS.values()] + [position_bins + 1] * (len(POSITION_TASKS) if position_bins else 0)
 
 
 def parse_args(argv=None):
@@ -58,6 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=int, default=6000, dest="num_images")
     parser.add_argument("--seed", type=int, default=1000, help="scene seed (stream disjoint from the benchmark's)")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--position-bins", type=int, default=0, dest="position_bins",
+                        help="also classify the column and row of each object's centre in this many bins (0: off)")
     parser.add_argument("--batch-size", type=int, default=32, dest="batch_size")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--wd", type=float, default=0.05)
@@ -71,6 +85,8 @@ def parse_args(argv=None):
     for name in ("num_images", "epochs", "batch_size", "img_size", "gen_img_size", "window_size"):
         if getattr(args, name) < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.position_bins < 0:
+        raise UserInputError(f"--position-bins must be 0 (off) or a positive integer, got {args.position_bins}")
     if args.num_images < 20:
         raise UserInputError(f"--num-images {args.num_images}: need at least 20 (5% are held out for accuracy)")
     if not (args.lr > 0 and args.wd >= 0 and 0 <= args.drop_path < 1):
@@ -82,14 +98,18 @@ def _resize(array, size, resample):
     return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
-def make_scene(seed, index, gen_size, size):
-    """One scene: image (size, size, 3) uint8 and labels (3, size, size) uint8 (colour, shape, size)."""
+def make_scene(seed, index, gen_size, size, position_bins=0):
+    """One scene: image (size, size, 3) uint8 and labels (tasks, size, size) uint8: colour, shape, size,
+    then column and row of the object's centre when position_bins > 0."""
     rng = np.random.default_rng([seed, index, STREAM_KEY])
     scene, _, image, visible = sample_scene(rng, gen_size, avoid=HELD_OUT_DESIGN)
-    labels = np.zeros((len(TASKS), gen_size, gen_size), dtype=np.uint8)
+    labels = np.zeros((len(task_names(position_bins)), gen_size, gen_size), dtype=np.uint8)
     for obj, mask in zip(scene["objects"], visible, strict=True):
-        for t, (task, classes) in enumerate(TASKS.items()):
-            labels[t][mask] = classes.index(obj[task]) + 1
+        classes = [values.index(obj[task]) for task, values in TASKS.items()]
+        if position_bins:
+            classes += [min(int(obj[key] * position_bins // gen_size), position_bins - 1) for key in ("cx", "cy")]
+        for t, value in enumerate(classes):
+            labels[t][mask] = value + 1
     # Resized exactly as transforms.Resize does it: PIL bilinear for the image, nearest for labels.
     image = _resize(image, size, Image.BILINEAR)
     labels = np.stack([_resize(layer, size, Image.NEAREST) for layer in labels])
@@ -99,9 +119,11 @@ def make_scene(seed, index, gen_size, size):
 def generate(args):
     if args.cache and os.path.isfile(args.cache):
         data = np.load(args.cache)
-        if data["images"].shape[0] == args.num_images and data["images"].shape[1] == args.img_size:
+        same_tasks = data["labels"].shape[1] == len(task_names(args.position_bins))
+        if data["images"].shape[0] == args.num_images and data["images"].shape[1] == args.img_size and same_tasks:
             return data["images"], data["labels"]
-    pairs = [make_scene(args.seed, i, args.gen_img_size, args.img_size) for i in range(args.num_images)]
+    pairs = [make_scene(args.seed, i, args.gen_img_size, args.img_size, args.position_bins)
+             for i in range(args.num_images)]
     images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     if args.cache:
         np.savez(args.cache, images=images, labels=labels)
@@ -141,11 +163,11 @@ def losses_and_logits(backbone, head, images, labels, amp):
 
 
 @torch.no_grad()
-def accuracy(backbone, head, images, labels, amp, batch_size=64):
-    """Per task: share of object (non-background) pixels whose class is right."""
+def accuracy(backbone, head, images, labels, amp, names, batch_size=64):
+    """Per task (`names`): share of object (non-background) pixels whose class is right."""
     backbone.eval()
     head.eval()
-    correct, total = np.zeros(len(TASKS)), 0
+    correct, total = np.zeros(len(names)), 0
     for start in range(0, len(images), batch_size):
         x, y = to_tensor(images[start:start + batch_size]), torch.from_numpy(labels[start:start + batch_size]).long()
         _, logits = losses_and_logits(backbone, head, x, y, amp)
@@ -155,7 +177,7 @@ def accuracy(backbone, head, images, labels, amp, batch_size=64):
             correct[t] += int(((lg.argmax(1) == y[:, t]) & foreground).sum())
     backbone.train()
     head.train()
-    return {task: round(float(c / max(total, 1)), 4) for task, c in zip(TASKS, correct, strict=True)}
+    return {task: round(float(c / max(total, 1)), 4) for task, c in zip(names, correct, strict=True)}
 
 
 def swin_state_dict(backbone, dtype=torch.float32):
@@ -180,7 +202,8 @@ def main(argv=None):
     embed_dim, depths, heads = SWIN_CONFIGS[args.swin_type]
     backbone = MultiModalSwinTransformer(embed_dim, depths, heads, window_size=args.window_size,
                                          drop_path_rate=args.drop_path)
-    head = DenseHead(backbone.num_features, num_classes=[len(c) + 1 for c in TASKS.values()])
+    names = task_names(args.position_bins)
+    head = DenseHead(backbone.num_features, num_classes=num_classes(args.position_bins))
     params = [p for n, p in backbone.named_parameters() if not backbone.is_fusion_parameter(n)]
     optimizer = torch.optim.AdamW([{"params": params}, {"params": head.parameters()}], lr=args.lr,
                                   weight_decay=args.wd)
@@ -191,7 +214,7 @@ def main(argv=None):
     history = []
     for epoch in range(args.epochs):
         order = generator.permutation(len(train_x))
-        t, sums = time.time(), np.zeros(len(TASKS))
+        t, sums = time.time(), np.zeros(len(names))
         for step in range(steps_per_epoch):
             idx = np.sort(order[step * args.batch_size:(step + 1) * args.batch_size])
             x, y = to_tensor(train_x[idx]), torch.from_numpy(train_y[idx]).long()
@@ -201,8 +224,8 @@ def main(argv=None):
             optimizer.step()
             scheduler.step()
             sums += [float(v.detach()) for v in terms]
-        acc = accuracy(backbone, head, val_x, val_y, args.amp)
-        history.append({"epoch": epoch, "loss": dict(zip(TASKS, (sums / steps_per_epoch).round(4).tolist(), strict=True)),
+        acc = accuracy(backbone, head, val_x, val_y, args.amp, names)
+        history.append({"epoch": epoch, "loss": dict(zip(names, (sums / steps_per_epoch).round(4).tolist(), strict=True)),
                         "val_accuracy": acc, "seconds": round(time.time() - t, 1)})
         print(json.dumps(history[-1]), flush=True)
 
