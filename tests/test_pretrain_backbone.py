@@ -76,7 +76,7 @@ def test_position_bins_train_and_report_column_and_row(tmp_path):
                                          "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64",
                                          "--position-bins", "4", "--cache", str(tmp_path / "scenes.npz")])
     assert set(provenance["history"][-1]["val_accuracy"]) == {"colour", "shape", "size", "column", "row"}
-    # The cache of scenes without position labels is not reused for a run that needs them.
+    # A cache written with position labels is not reused for a run without them (nor the other way).
     again = pretrain_backbone.main(["--out", str(tmp_path / "plain.pth"), "--num-images", "20", "--epochs", "1",
                                     "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64",
                                     "--cache", str(tmp_path / "scenes.npz")])

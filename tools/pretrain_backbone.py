@@ -7,10 +7,10 @@ such backbone exists, so a from-scratch model spends its budget learning to see 
 before it can learn to read. This script trains the plain Swin (no fusion, no language: the
 backbone's `visual_features`) with a dense, language-free objective: for every pixel, the colour,
 the shape and the size class of the object painted there (or background), from a light FPN-style
-head on the four stages; `--position-bins N` adds the column and the row of the object's centre, in
-N equal bins of the image (a Swin without absolute position embeddings, as LAVT's, must learn
-where things are from the image borders, which location and ordinal expressions need). The scenes come from SynRef's own sampler with a random stream that no
-benchmark seed uses, and no object has one of the colour-shape pairs that testC may hold out
+head on the four stages; `--position-bins N` adds the column and the row of the object's centre,
+in N equal bins of the image (a Swin without absolute position embeddings, as LAVT's, must learn
+where things are from the image borders, which location and ordinal expressions need). The
+scenes come from SynRef's own sampler with a random stream that no benchmark seed uses, and no object has one of the colour-shape pairs that testC may hold out
 (data/synthetic/writer.py's HELD_OUT_DESIGN), so testC stays a test of composition.
 
 The output is in the official Swin layout (`{"model": state_dict}`, plus a `provenance` entry with
@@ -49,13 +49,10 @@ TASKS = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES)}
 POSITION_TASKS = ("column", "row")
 
 
-def task_names(position_bins=0):
-    return list(TASKS) + (list(POSITION_TASKS) if position_bins else [])
-
-
-def num_classes(position_bins=0):
-    """Classes per task, background included."""
-    return [len(c) + 1 for c in TASKS.values()] + [position_bins + 1] * (len(POSITION_TASKS) if position_bins else 0)
+def task_classes(position_bins=0):
+    """{task: classes, background included}: colour, shape, size, then column and row when position_bins > 0."""
+    classes = {name: len(values) + 1 for name, values in TASKS.items()}
+    return {**classes, **{name: position_bins + 1 for name in POSITION_TASKS}} if position_bins else classes
 
 
 def parse_args(argv=None):
@@ -103,7 +100,7 @@ def make_scene(seed, index, gen_size, size, position_bins=0):
     then column and row of the object's centre when position_bins > 0."""
     rng = np.random.default_rng([seed, index, STREAM_KEY])
     scene, _, image, visible = sample_scene(rng, gen_size, avoid=HELD_OUT_DESIGN)
-    labels = np.zeros((len(task_names(position_bins)), gen_size, gen_size), dtype=np.uint8)
+    labels = np.zeros((len(task_classes(position_bins)), gen_size, gen_size), dtype=np.uint8)
     for obj, mask in zip(scene["objects"], visible, strict=True):
         classes = [values.index(obj[task]) for task, values in TASKS.items()]
         if position_bins:
@@ -119,7 +116,7 @@ def make_scene(seed, index, gen_size, size, position_bins=0):
 def generate(args):
     if args.cache and os.path.isfile(args.cache):
         data = np.load(args.cache)
-        same_tasks = data["labels"].shape[1] == len(task_names(args.position_bins))
+        same_tasks = data["labels"].shape[1] == len(task_classes(args.position_bins))
         if data["images"].shape[0] == args.num_images and data["images"].shape[1] == args.img_size and same_tasks:
             return data["images"], data["labels"]
     pairs = [make_scene(args.seed, i, args.gen_img_size, args.img_size, args.position_bins)
@@ -202,8 +199,9 @@ def main(argv=None):
     embed_dim, depths, heads = SWIN_CONFIGS[args.swin_type]
     backbone = MultiModalSwinTransformer(embed_dim, depths, heads, window_size=args.window_size,
                                          drop_path_rate=args.drop_path)
-    names = task_names(args.position_bins)
-    head = DenseHead(backbone.num_features, num_classes=num_classes(args.position_bins))
+    classes = task_classes(args.position_bins)
+    names = list(classes)
+    head = DenseHead(backbone.num_features, num_classes=list(classes.values()))
     params = [p for n, p in backbone.named_parameters() if not backbone.is_fusion_parameter(n)]
     optimizer = torch.optim.AdamW([{"params": params}, {"params": head.parameters()}], lr=args.lr,
                                   weight_decay=args.wd)
