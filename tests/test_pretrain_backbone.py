@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import pretrain_backbone  # noqa: E402
 
-SHIPPED = os.path.join(REPO, "pretrained_weights", "swin_nano_synref.pth")
+SHIPPED_DIR = os.path.join(REPO, "pretrained_weights")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -116,13 +116,18 @@ def test_bad_arguments_are_user_errors(tmp_path):
         pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--position-bins", "-1"])
 
 
-@pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="shipped weights not present")
-def test_shipped_nano_weights_record_their_provenance_and_load():
-    saved = load_checkpoint_file(SHIPPED)
+@pytest.mark.parametrize("name, position_bins", [("swin_nano_synref.pth", 0), ("swin_nano_synref_pos.pth", 4)])
+def test_shipped_nano_weights_record_their_provenance_and_load(name, position_bins):
+    saved = load_checkpoint_file(os.path.join(SHIPPED_DIR, name))
     provenance = saved["provenance"]
     assert provenance["options"]["swin_type"] == "nano"
+    assert provenance["options"].get("position_bins", 0) == position_bins  # the first file predates the option
     assert sorted(map(tuple, provenance["excluded_pairs"])) == sorted(HELD_OUT_DESIGN)
-    assert provenance["history"][-1]["val_accuracy"]["shape"] > 0.8
+    accuracy = provenance["history"][-1]["val_accuracy"]
+    assert accuracy["shape"] > 0.8
+    assert ("column" in accuracy) == bool(position_bins)
+    if position_bins:
+        assert min(accuracy["column"], accuracy["row"]) > 0.8  # chance: 1 / position_bins
     assert "layers.0.blocks.0.attn.qkv.weight" in saved["model"]
 
 
