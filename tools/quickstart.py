@@ -25,10 +25,10 @@ PROBES = "clean,swap,category,empty,shuffle,drop-category,counterfactual"
 EVAL_BATCH = 64
 # The recipe: the best of the candidates tried on 2 CPU cores within the quickstart's budget
 # (docs/synthetic.md lists each with its result). It fine-tunes the shipped Swin pretrained on
-# generated scenes, also told where each object is (tools/pretrain_backbone.py --position-bins 4), as
-# LAVT fine-tunes an ImageNet Swin; that Swin
-# learns at a fifth of the rate of the fusion and decoder, which start from scratch. Without
-# stochastic depth the small model learns faster; batch 32 trains 1.3x more images per CPU second.
+# generated scenes, which was also taught where each object is (tools/pretrain_backbone.py
+# --position-bins 4), as LAVT fine-tunes an ImageNet Swin; that Swin learns at a fifth of the rate
+# of the fusion and decoder, which start from scratch. Without stochastic depth the small model
+# learns faster; batch 32 trains 1.3x more images per CPU second.
 RECIPE = {
     "swin_type": "nano", "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
     "epochs": 12, "lr": 1e-3, "weight_decay": 1e-2, "drop_path": 0.0, "loss": "ce+dice", "amp": "bf16",
