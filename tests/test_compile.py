@@ -113,10 +113,14 @@ def _one_step(model, batches, accum_steps):
     return optimizer.applied, stats
 
 
-def assert_close_gradients(got, expected, tolerance=1e-3):
+def assert_close_gradients(got, expected, tolerance=1e-2):
     """Per parameter, |got - expected| <= tolerance x max(|expected|, 1% of the largest |expected|), in
     Euclidean norms. Inductor fuses and reorders float32 reductions; the floor covers gradients that are
-    zero in theory (biases followed by an InstanceNorm), where only rounding is left to compare."""
+    zero in theory (biases followed by an InstanceNorm), where only rounding is left to compare.
+    Why 1e-2: the gradients of the pixel-word attention's query and key projections pass through the
+    softmax's cancelling difference (p * (g - sum p g)); measured error 7.5e-3 on an Intel Xeon, under
+    1e-3 on an AMD EPYC, both deterministic. A wrong gradient (a missing path, a stale recompute) is off
+    by order 1."""
     assert got.keys() == expected.keys()
     norms = {name: value.norm().item() for name, value in expected.items()}
     floor = 0.01 * max(norms.values())
