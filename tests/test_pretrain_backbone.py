@@ -83,6 +83,24 @@ def test_position_bins_train_and_report_column_and_row(tmp_path):
     assert set(again["history"][-1]["val_accuracy"]) == {"colour", "shape", "size"}
 
 
+def test_scene_cache_is_reused_only_for_the_same_options(tmp_path, monkeypatch):
+    made = []
+    real = pretrain_backbone.make_scene
+    monkeypatch.setattr(pretrain_backbone, "make_scene", lambda *a, **k: made.append(a) or real(*a, **k))
+    base = ["--out", "unused.pth", "--num-images", "20", "--img-size", "32", "--gen-img-size", "64",
+            "--cache", str(tmp_path / "scenes.npz")]
+    runs = [base + ["--position-bins", "4"], base + ["--position-bins", "4"], base + ["--position-bins", "8"],
+            base + ["--position-bins", "8", "--seed", "5"]]
+    outputs = []
+    for argv in runs:
+        made.clear()
+        outputs.append((pretrain_backbone.generate(pretrain_backbone.parse_args(argv)), len(made)))
+    assert [count for _, count in outputs] == [20, 0, 20, 20]  # only the identical second run reads the cache
+    (images4, labels4), (images8, labels8) = outputs[0][0], outputs[2][0]
+    assert np.array_equal(images4, images8) and labels8[:, 3].max() > 4 >= labels4[:, 3].max()
+    assert not np.array_equal(outputs[3][0][0], images8)
+
+
 @pytest.mark.slow
 def test_tiny_pretraining_writes_weights_that_pretrained_swin_weights_loads(tmp_path):
     from lib.segmentation import lavt

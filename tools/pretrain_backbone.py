@@ -114,16 +114,17 @@ def make_scene(seed, index, gen_size, size, position_bins=0):
 
 
 def generate(args):
+    # Everything the scenes and labels depend on; a cache written with other options is regenerated.
+    key = np.array([args.seed, args.num_images, args.gen_img_size, args.img_size, args.position_bins])
     if args.cache and os.path.isfile(args.cache):
         data = np.load(args.cache)
-        same_tasks = data["labels"].shape[1] == len(task_classes(args.position_bins))
-        if data["images"].shape[0] == args.num_images and data["images"].shape[1] == args.img_size and same_tasks:
+        if "key" in data and np.array_equal(data["key"], key):
             return data["images"], data["labels"]
     pairs = [make_scene(args.seed, i, args.gen_img_size, args.img_size, args.position_bins)
              for i in range(args.num_images)]
     images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     if args.cache:
-        np.savez(args.cache, images=images, labels=labels)
+        np.savez(args.cache, images=images, labels=labels, key=key)
     return images, labels
 
 
