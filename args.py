@@ -153,6 +153,10 @@ def add_training_args(parser):
                        help="probability of replacing each word of a training expression by [MASK] (released: 0)")
     group.add_argument("--no-target-loss-weight", default=1.0, type=non_negative_float, dest="no_target_loss_weight",
                        help="weight of the no-target head's binary cross-entropy beside the mask loss")
+    group.add_argument("--no-target-grad-scale", default=MODEL_DEFAULTS["no_target_grad_scale"], type=probability,
+                       dest="no_target_grad_scale",
+                       help="share of the no-target head's gradient that trains the shared model: 1 (default) "
+                            "trains the features for both tasks, 0 lets the head only read the mask's features")
     group.add_argument("--seed", default=0, type=seed_flag, help="random seed (data order, sentence draws, dropout)")
     group.add_argument("--model_id", default="lavt", help="name of the run: models/<model_id>/, model_best_<model_id>.pth")
     group.add_argument("--output-dir", default="./checkpoints/", help="where model_best_<model_id>.pth is written")

@@ -200,6 +200,9 @@ def log_epoch(run_dir, log_file, epoch, train_stats, val, best_score, seconds):
 
 
 def main(args):
+    if args.no_target_grad_scale != 1 and not args.no_target_head:
+        raise UserInputError(f"--no-target-grad-scale {args.no_target_grad_scale} scales the no-target head's gradient: "
+                             "add --no-target-head, or drop the flag")
     for name in (args.ck_bert, args.bert_tokenizer):
         resolve_text_model(name)  # a missing text encoder ends the run before anything is written
     rank, world_size, device = utils.init_distributed_mode(cli.resolve_device(args.device), args.dist_timeout)

@@ -5,11 +5,12 @@
 
 Generates a gRefCOCO-layout SynRef set (`python -m data.synthetic --generalized`: about 20% of
 the refs refer to nothing, 20% to several objects), fine-tunes the shipped pretrained nano backbone
-with the quickstart's recipe at 24 epochs (bench/training_runs.py BUDGETS) three
-times for the same number of epochs -- the released model (its "no target" is an empty predicted
-mask), `--no-target-head` (a classifier on the fused top stage and the decoder's last map,
-lib/no_target.py, trained with a binary loss beside the mask loss) and the head with that loss weighted 5 (`--no-target-loss-weight 5`)
--- and scores each best checkpoint with ReLA's metrics (metrics.py: gIoU, cIoU, N-acc, T-acc,
+with the quickstart's recipe at 24 epochs (bench/training_runs.py BUDGETS) once per recipe, for
+the same number of epochs -- the released model (its "no target" is an empty predicted mask),
+`--no-target-head` (a classifier on the fused top stage and the decoder's last map, lib/no_target.py,
+trained with a binary loss beside the mask loss), the head with that loss weighted 5
+(`--no-target-loss-weight 5`) and the "probe head", whose loss does not train the shared model
+(`--no-target-grad-scale 0`) -- and scores each best checkpoint with ReLA's metrics (metrics.py: gIoU, cIoU, N-acc, T-acc,
 Pr@0.7-0.9) on val and testC (held-out colour-shape pairs). Prints one table and writes
 <out>/bench_generalized.md and .json. Aim (issue 11): with the head, N-acc >= 80 and T-acc >= 90.
 Finished steps are skipped when rerun with the same commands (see bench/training_runs.py).
@@ -28,7 +29,8 @@ from machine import machine_line  # noqa: E402
 import metrics  # noqa: E402
 
 RECIPES = {"released": [], "no-target head": ["--no-target-head"],
-           "head with loss weight 5": ["--no-target-head", "--no-target-loss-weight", "5"]}
+           "head with loss weight 5": ["--no-target-head", "--no-target-loss-weight", "5"],
+           "probe head": ["--no-target-head", "--no-target-grad-scale", "0"]}
 DATASET = "gsynref"
 SPLITS = ("val", "testC")
 METRICS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.9", "mean_iou")

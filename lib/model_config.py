@@ -22,7 +22,7 @@ RELEASED_DROP_PATH_RATE = 0.3
 # Options of the released models; args.py and the factories in lib/segmentation.py read their defaults here.
 MODEL_DEFAULTS = {"swin_type": "base", "window12": False, "window_size": None, "mha": "", "fusion_drop": 0.0,
                   "fusion": "pwam", "drop_path_rate": RELEASED_DROP_PATH_RATE, "checkpoint_activations": False,
-                  "no_target_head": False, "fusion_kwargs": None}
+                  "no_target_head": False, "no_target_grad_scale": 1.0, "fusion_kwargs": None}
 
 # Text encoders by feature width, for checkpoints whose args do not name theirs (and for messages).
 TEXT_ENCODERS_BY_WIDTH = {768: "bert-base-uncased", 384: "minilm"}

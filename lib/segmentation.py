@@ -69,13 +69,15 @@ class LAVTOne(LAVT):
 def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 1, 1),
                fusion_drop=MODEL_DEFAULTS["fusion_drop"], drop_path_rate=RELEASED_DROP_PATH_RATE, text_dim=768,
                text_encoder=None, fusion_layer=MODEL_DEFAULTS["fusion"], gate_layer=language_gate,
-               checkpoint_activations=False, no_target_head=False):
+               checkpoint_activations=False, no_target_head=False,
+               no_target_grad_scale=MODEL_DEFAULTS["no_target_grad_scale"]):
     """`LAVT` for features of width `text_dim`, or `LAVTOne` around a `transformers` BERT `text_encoder`
     (then the text width is its `config.hidden_size`).
 
     `fusion_layer`: a name registered in the lib/fusion package (`pwam`, the released module, by default) or a
     callable following the fusion contract there; `gate_layer(dim)` builds each stage's `res_gate`.
-    `no_target_head`: add the no-target classifier (lib/no_target.py; not released).
+    `no_target_head`: add the no-target classifier (lib/no_target.py; not released);
+    `no_target_grad_scale`: how much of its loss's gradient reaches the shared model (0: none).
     `checkpoint_activations`: recompute the Swin blocks and fusion in the backward pass (same
     gradients, lower peak memory); switch later with `model.backbone.set_grad_checkpointing(...)`.
     """
@@ -87,7 +89,7 @@ def build_lavt(embed_dim, depths, num_heads, window_size=7, fusion_heads=(1, 1, 
                                          gate_layer=gate_layer)
     backbone.set_grad_checkpointing(checkpoint_activations)
     classifier = SimpleDecoding(8 * embed_dim, hidden_channels=4 * embed_dim)
-    head = NoTargetHead(8 * embed_dim, 4 * embed_dim) if no_target_head else None
+    head = NoTargetHead(8 * embed_dim, 4 * embed_dim, input_grad_scale=no_target_grad_scale) if no_target_head else None
     if text_encoder is None:
         return LAVT(backbone, classifier, head)
     return LAVTOne(backbone, classifier, text_encoder, head)
@@ -126,7 +128,8 @@ def _backbone_options(pretrained, args):
                 drop_path_rate=_option(args, "drop_path_rate"),
                 fusion_layer=fusion_with_options(_option(args, "fusion"), _option(args, "fusion_kwargs")),
                 checkpoint_activations=_option(args, "checkpoint_activations"),
-                no_target_head=_option(args, "no_target_head"))
+                no_target_head=_option(args, "no_target_head"),
+                no_target_grad_scale=_option(args, "no_target_grad_scale"))
 
 
 def _load_swin(model, pretrained):

@@ -290,7 +290,7 @@ def test_ctrl_c_prints_one_line_saying_where_to_resume(nano, tmp_path, capsys, m
     ("--lr", "0"), ("--lr", "inf"), ("--wd", "nan"), ("--wd", "-0.1"), ("-j", "-1"), ("--device", "nonsense"),
     ("--device", "cuda:x"), ("--seed", "1e23"), ("--seed", str(10**23)), ("--seed", "-1"), ("--fusion_drop", "2"),
     ("--fusion_drop", "nan"), ("--drop-path", "5"), ("--window-size", "1000"), ("--window-size", "0"),
-    ("--no-target-loss-weight", "nan"), ("--bert-trainable-layers", "-3"), ("--dist-timeout", str(10**12)),
+    ("--no-target-loss-weight", "nan"), ("--no-target-grad-scale", "2"), ("--bert-trainable-layers", "-3"), ("--dist-timeout", str(10**12)),
     ("--local_rank", "-2"),
 ])
 def test_numeric_flags_out_of_range_are_refused_at_parse_time(flag, value, capsys):
@@ -299,6 +299,15 @@ def test_numeric_flags_out_of_range_are_refused_at_parse_time(flag, value, capsy
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "error: argument" in err and flag in err and "Traceback" not in err
+
+
+def test_grad_scale_without_a_head_is_refused_before_anything_is_written(tmp_path):
+    args = get_train_parser().parse_args(["--no-target-grad-scale", "0", "--run-dir", str(tmp_path / "run"),
+                                          "--output-dir", str(tmp_path / "out")])
+    main = runpy.run_path(os.path.join(REPO, "train.py"), run_name="cli_under_test")["main"]
+    with pytest.raises(UserInputError, match="--no-target-grad-scale.*--no-target-head"):
+        main(args)
+    assert not os.listdir(tmp_path)
 
 
 def test_valid_flags_still_parse():

@@ -91,6 +91,37 @@ def test_head_gets_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.no_target_head.parameters())
 
 
+def test_grad_scale_sets_how_much_the_head_trains_the_shared_model():
+    targets = torch.zeros(2, 64, 64, dtype=torch.long)
+    targets[0, 10:20, 10:20] = 1
+    grads = {}
+    for scale in (1.0, 0.5, 0.0):
+        torch.manual_seed(0)
+        model = build_lavt(**TINY, no_target_head=True, no_target_grad_scale=scale).train()
+        outputs = model.forward_outputs(*inputs())
+        no_target_loss(outputs["no_target_logits"], targets).backward()  # the head's loss alone
+        grads[scale] = {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()}
+    shared = [n for n in grads[1.0] if not n.startswith("no_target_head.")]
+    head = [n for n in grads[1.0] if n.startswith("no_target_head.")]
+    assert any(grads[1.0][n] is not None and grads[1.0][n].abs().sum() > 0 for n in shared)
+    assert all(grads[0.0][n] is None for n in shared)  # a probe: nothing but the head learns from its loss
+    for n in shared:
+        if grads[1.0][n] is not None:
+            torch.testing.assert_close(grads[0.5][n], 0.5 * grads[1.0][n])
+    for n in head:  # the head itself learns the same at every scale
+        torch.testing.assert_close(grads[0.0][n], grads[1.0][n])
+        torch.testing.assert_close(grads[0.5][n], grads[1.0][n])
+
+
+def test_grad_scale_reaches_the_head_from_training_args():
+    args = argparse.Namespace(model="lavt", swin_type="nano", window_size=4, ck_bert="minilm",
+                              bert_tokenizer="minilm", img_size=64, no_target_head=True, no_target_grad_scale=0.0,
+                              pretrained_swin_weights="")
+    assert build_model(args, pretrained=False).model.no_target_head.input_grad_scale == 0.0
+    del args.no_target_grad_scale  # the args of a checkpoint that predates the option
+    assert build_model(args, pretrained=False).model.no_target_head.input_grad_scale == 1.0
+
+
 @pytest.mark.parametrize("variant", ["lavt", "lavt_one"])
 def test_referring_model_outputs(variant):
     args = argparse.Namespace(model=variant, swin_type="nano", window_size=4, ck_bert="minilm", mha="",
