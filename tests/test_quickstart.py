@@ -21,11 +21,14 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    assert set(report["results"]) == {"val", "testA", "testB", "testC", "val, swapped expressions"}
+    assert set(report["results"]) == {"val", "testA", "testB", "testC", "val, swapped expressions", "val, the mask alone"}
     val, swapped = report["results"]["val"], report["results"]["val, swapped expressions"]
     assert 0 < swapped["num_samples"] <= val["num_samples"]
     assert report["swap_drop_mean_iou"] == round(val["mean_iou"] - swapped["mean_iou"], 4)  # fractions
     assert sum(v["num_samples"] for v in report["val_by_expression_type"].values()) == val["num_samples"]
+    alone = report["results"]["val, the mask alone"]  # the head's rejections score 0 in "val" only
+    assert alone["num_samples"] == val["num_samples"] and alone["mean_iou"] >= val["mean_iou"]
+    assert (alone["rejected_by_head"] == 0) == (alone["mean_iou"] == val["mean_iou"])
     probes = report["probes"]
     assert set(probes) == {"clean", "clean, swap objects", "swap", "category", "empty", "shuffle", "drop-category",
                            "counterfactual"}
@@ -39,8 +42,22 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     text = (out / "results.md").read_text()
     for expected in ("percent", "testC", "Language check: " + ("passed" if gap >= 10 else "NOT passed"),
                      "ONE randomly drawn expression", "## Best val predictions", "## Worst val predictions",
-                     "counterfactual false-positive rate"):
+                     "counterfactual false-positive rate", "Trained against the keyword shortcut (`--negative-prob 0.1"):
         assert expected in text, expected
     assert "Outputs in" in result.stdout
     checkpoint = load_checkpoint_file(str(out / "model_best_quickstart.pth"))
     assert checkpoint["args"].drop_path_rate == 0.1 and checkpoint["args"].batch_size == 8  # the recipe reached train.py
+    assert checkpoint["args"].negative_prob == 0.1 and checkpoint["args"].no_target_grad_scale == 0
+    assert any(key.startswith("no_target_head.") for key in checkpoint["model"])
+
+
+def test_negative_prob_zero_trains_without_the_remedy(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "tools"))
+    import quickstart
+
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--negative-prob", "0"])
+    assert quickstart.remedy_flags(quickstart.parse_args()) == []
+    monkeypatch.setattr(sys, "argv", ["quickstart.py"])
+    flags = quickstart.remedy_flags(quickstart.parse_args())
+    assert flags[flags.index("--negative-prob") + 1] == "0.1" and "--no-target-head" in flags
+    assert flags[flags.index("--no-target-grad-scale") + 1] == "0.0"
