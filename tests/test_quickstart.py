@@ -28,7 +28,11 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     assert sum(v["num_samples"] for v in report["val_by_expression_type"].values()) == val["num_samples"]
     alone = report["results"]["val, the mask alone"]  # the head's rejections score 0 in "val" only
     assert alone["num_samples"] == val["num_samples"] and alone["mean_iou"] >= val["mean_iou"]
-    assert (alone["rejected_by_head"] == 0) == (alone["mean_iou"] == val["mean_iou"])
+    rows = [json.loads(line) for line in (out / "predictions" / "val" / "predictions.jsonl").open()]
+    mask_ious = [r["I"] / r["U"] if r["U"] else 0.0 for r in rows]
+    assert abs(alone["mean_iou"] - sum(mask_ious) / len(rows)) < 1e-9
+    assert abs(val["mean_iou"] - sum(0.0 if r["no_target_pred"] else m for r, m in zip(rows, mask_ious)) / len(rows)) < 1e-9
+    assert alone["rejected_by_head"] == sum(bool(r["no_target_pred"]) for r in rows) / len(rows)
     probes = report["probes"]
     assert set(probes) == {"clean", "clean, swap objects", "swap", "category", "empty", "shuffle", "drop-category",
                            "counterfactual"}
