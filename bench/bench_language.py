@@ -162,8 +162,34 @@ def head_trade_off(clean_rows, counterfactual_rows, floor):
     return best
 
 
+def _scored_at(clean_rows, counterfactual_rows, threshold):
+    """(clean mean IoU with rejections as 0, counterfactual false-positive rate) at one head threshold."""
+    clean = [0.0 if r["no_target_logit"] > threshold else (r["I"] / r["U"] if r["U"] else 0.0) for r in clean_rows]
+    false_positives = [r["no_target_logit"] <= threshold for r in counterfactual_rows]
+    return sum(clean) / len(clean), sum(false_positives) / len(false_positives)
+
+
+def cross_fitted_trade_off(clean_rows, counterfactual_rows, floor):
+    """head_trade_off scored on expressions it was not tuned on: val split by the parity of ref_id (both
+    probes of one object fall in the same half), each half decided by the threshold chosen on the other,
+    the halves pooled. {"clean_mean_iou", "false_positive_rate", "thresholds"}, or None when a half has no
+    threshold that keeps the floor. Rows need "ref_id" besides what head_trade_off reads."""
+    halves = [([r for r in clean_rows if r["ref_id"] % 2 == parity],
+               [r for r in counterfactual_rows if r["ref_id"] % 2 == parity]) for parity in (0, 1)]
+    chosen = [head_trade_off(*tuning_half, floor) for tuning_half in reversed(halves)]
+    if None in chosen:
+        return None
+    thresholds = [best["threshold"] for best in chosen]
+    # Score each half at its own threshold, then pool the halves weighted by their sizes.
+    parts = [(_scored_at(clean, false, t), len(clean), len(false)) for (clean, false), t in zip(halves, thresholds)]
+    return {"clean_mean_iou": sum(s[0] * n for s, n, _ in parts) / len(clean_rows),
+            "false_positive_rate": sum(s[1] * m for s, _, m in parts) / len(counterfactual_rows),
+            "thresholds": thresholds}
+
+
 def tuned_heads(opts, results, max_cost=0.02):
-    """For each head recipe: head_trade_off at the floor baseline clean mean IoU - `max_cost` (needs the baseline)."""
+    """For each head recipe, at the floor baseline clean mean IoU - `max_cost` (needs the baseline):
+    {"val": head_trade_off (tuned and scored on all val), "cross_fitted": cross_fitted_trade_off}."""
     if "baseline" not in results:
         return {}
     floor = results["baseline"]["probes"]["results"]["clean"]["mean_iou"] - max_cost
@@ -171,7 +197,7 @@ def tuned_heads(opts, results, max_cost=0.02):
     for name in [n for n in results if "--no-target-head" in RECIPES[n]]:
         folder = os.path.join(opts.out, name, "probes", "predictions")
         rows = [read_rows(os.path.join(folder, probe, "predictions.jsonl")) for probe in ("clean", "counterfactual")]
-        found[name] = head_trade_off(*rows, floor)
+        found[name] = {"val": head_trade_off(*rows, floor), "cross_fitted": cross_fitted_trade_off(*rows, floor)}
     return found
 
 
@@ -195,11 +221,17 @@ def main():
                           f" -> {'meets the aim' if v['meets_aim'] else 'does not meet the aim'}" for n, v in aim.items())
         text += "\n"
     tuned = tuned_heads(opts, results)
-    for name, best in tuned.items():
+    for name, found in tuned.items():
+        best, fitted = found["val"], found["cross_fitted"]
         text += (f"\n{name}, head threshold chosen on val for clean mean IoU >= baseline - 2: " + (
             "no threshold keeps clean mean IoU there.\n" if best is None else
             f"threshold {best['threshold']:.3f}, clean mean IoU {100 * best['clean_mean_iou']:.2f}, counterfactual "
             f"false positives {100 * best['false_positive_rate']:.1f}%.\n"))
+        if fitted is not None:
+            text += (f"Each half of val (by ref_id) decided by the threshold chosen on the other half: clean mean IoU "
+                     f"{100 * fitted['clean_mean_iou']:.2f}, counterfactual false positives "
+                     f"{100 * fitted['false_positive_rate']:.1f}% (thresholds {fitted['thresholds'][0]:.3f}, "
+                     f"{fitted['thresholds'][1]:.3f}).\n")
     print("\n" + text)
     with open(os.path.join(opts.out, "bench_language.md"), "w") as handle:
         handle.write(f"# Language probes per training recipe (SynRef val, {opts.num_images} images, "

@@ -33,3 +33,23 @@ def test_budget_and_swin_type_reach_every_command():
     assert tiny.swin_type == "nano" and tiny.epochs == 1
     flags = model_flags("/tmp/unused", "synref", parse_args(["--swin-type", "tiny", "--epochs", "3"]))
     assert flags[flags.index("--swin_type") + 1] == "tiny"
+
+
+def test_cross_fitted_threshold_is_scored_on_the_half_it_was_not_chosen_on():
+    from bench.bench_language import cross_fitted_trade_off
+
+    def ref_row(ref_id, iou, logit):
+        return {**row(iou, logit), "ref_id": ref_id}
+
+    # Even refs: rejecting the clean row at logit 0 is free (its mask scores 0), so tuned there the threshold is -2.
+    # Odd refs: the clean row at logit 0 is a good mask, so tuned there it is 0 (the counterfactual at 1 is still out).
+    clean = [ref_row(0, 1.0, -2.0), ref_row(2, 0.0, 0.0), ref_row(1, 0.5, -2.0), ref_row(3, 0.8, 0.0)]
+    counterfactual = [ref_row(4, 0.0, -1.0), ref_row(5, 0.0, 1.0)]
+    fitted = cross_fitted_trade_off(clean, counterfactual, floor=0.5)
+    assert fitted["thresholds"] == [0.0, -2.0]  # the even half decided by the odd half's choice, and back
+    # The odd half, at -2, loses its 0.8 mask: pooled clean (1 + 0 + 0.5 + 0) / 4, below the floor it was tuned for.
+    assert fitted["clean_mean_iou"] == pytest.approx(0.375)
+    assert fitted["false_positive_rate"] == pytest.approx(0.5)  # the even counterfactual (-1) passes at 0
+    in_sample = head_trade_off(clean, counterfactual, floor=0.5)  # tuned on all of it: keeps every clean mask
+    assert in_sample["clean_mean_iou"] == pytest.approx(0.575)
+    assert cross_fitted_trade_off(clean, counterfactual, floor=0.6) is None  # the even half never reaches 0.6
