@@ -51,7 +51,7 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     assert "Outputs in" in result.stdout
     checkpoint = load_checkpoint_file(str(out / "model_best_quickstart.pth"))
     assert checkpoint["args"].drop_path_rate == 0.1 and checkpoint["args"].batch_size == 8  # the recipe reached train.py
-    assert checkpoint["args"].negative_prob == 0.1 and checkpoint["args"].no_target_grad_scale == 0
+    assert checkpoint["args"].negative_prob == 0.1 and checkpoint["args"].no_target_grad_scale == 0.1
     assert any(key.startswith("no_target_head.") for key in checkpoint["model"])
 
 
@@ -64,4 +64,4 @@ def test_negative_prob_zero_trains_without_the_remedy(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["quickstart.py"])
     flags = quickstart.remedy_flags(quickstart.parse_args())
     assert flags[flags.index("--negative-prob") + 1] == "0.1" and "--no-target-head" in flags
-    assert flags[flags.index("--no-target-grad-scale") + 1] == "0.0"
+    assert flags[flags.index("--no-target-grad-scale") + 1] == "0.1"
