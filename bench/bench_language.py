@@ -150,23 +150,31 @@ def head_trade_off(clean_rows, counterfactual_rows, floor):
     """
     import numpy as np
 
-    mask_iou = np.array([r["I"] / r["U"] if r["U"] else 0.0 for r in clean_rows])
-    clean_logits = np.array([r["no_target_logit"] for r in clean_rows])
-    false_logits = np.array([r["no_target_logit"] for r in counterfactual_rows])
+    arrays = _head_arrays(clean_rows, counterfactual_rows)
     best = None
-    for threshold in np.unique(np.concatenate([clean_logits, false_logits, [np.inf]])):
-        clean = float(np.where(clean_logits > threshold, 0.0, mask_iou).mean())
-        false_positives = float((false_logits <= threshold).mean())
+    for threshold in np.unique(np.concatenate([arrays[1], arrays[2], [np.inf]])):
+        clean, false_positives = _scored_at(arrays, threshold)
         if clean >= floor and (best is None or false_positives < best["false_positive_rate"]):
             best = {"threshold": float(threshold), "clean_mean_iou": clean, "false_positive_rate": false_positives}
     return best
 
 
-def _scored_at(clean_rows, counterfactual_rows, threshold):
-    """(clean mean IoU with rejections as 0, counterfactual false-positive rate) at one head threshold."""
-    clean = [0.0 if r["no_target_logit"] > threshold else (r["I"] / r["U"] if r["U"] else 0.0) for r in clean_rows]
-    false_positives = [r["no_target_logit"] <= threshold for r in counterfactual_rows]
-    return sum(clean) / len(clean), sum(false_positives) / len(false_positives)
+def _head_arrays(clean_rows, counterfactual_rows):
+    """(clean mask IoUs, clean head logits, counterfactual head logits) as arrays, read once per search."""
+    import numpy as np
+
+    return (np.array([r["I"] / r["U"] if r["U"] else 0.0 for r in clean_rows]),
+            np.array([r["no_target_logit"] for r in clean_rows]),
+            np.array([r["no_target_logit"] for r in counterfactual_rows]))
+
+
+def _scored_at(arrays, threshold):
+    """(clean mean IoU, counterfactual false-positive rate) at one head threshold: a clean expression whose
+    logit is above it is rejected and scores 0; a counterfactual at or below it is a false positive."""
+    import numpy as np
+
+    mask_iou, clean_logits, false_logits = arrays
+    return float(np.where(clean_logits > threshold, 0.0, mask_iou).mean()), float((false_logits <= threshold).mean())
 
 
 def cross_fitted_trade_off(clean_rows, counterfactual_rows, floor):
@@ -181,7 +189,7 @@ def cross_fitted_trade_off(clean_rows, counterfactual_rows, floor):
         return None
     thresholds = [best["threshold"] for best in chosen]
     # Score each half at its own threshold, then pool the halves weighted by their sizes.
-    parts = [(_scored_at(clean, false, t), len(clean), len(false)) for (clean, false), t in zip(halves, thresholds)]
+    parts = [(_scored_at(_head_arrays(clean, false), t), len(clean), len(false)) for (clean, false), t in zip(halves, thresholds)]
     return {"clean_mean_iou": sum(s[0] * n for s, n, _ in parts) / len(clean_rows),
             "false_positive_rate": sum(s[1] * m for s, _, m in parts) / len(counterfactual_rows),
             "thresholds": thresholds}
