@@ -151,8 +151,9 @@ def head_trade_off(clean_rows, counterfactual_rows, floor):
     import numpy as np
 
     arrays = _head_arrays(clean_rows, counterfactual_rows)
+    _, clean_logits, false_logits = arrays
     best = None
-    for threshold in np.unique(np.concatenate([arrays[1], arrays[2], [np.inf]])):
+    for threshold in np.unique(np.concatenate([clean_logits, false_logits, [np.inf]])):
         clean, false_positives = _scored_at(arrays, threshold)
         if clean >= floor and (best is None or false_positives < best["false_positive_rate"]):
             best = {"threshold": float(threshold), "clean_mean_iou": clean, "false_positive_rate": false_positives}
