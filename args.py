@@ -151,6 +151,9 @@ def add_training_args(parser):
                             "image, with an empty target (data/expression_augment.py; released: 0)")
     group.add_argument("--word-mask-prob", default=0.0, type=probability, dest="word_mask_prob",
                        help="probability of replacing each word of a training expression by [MASK] (released: 0)")
+    group.add_argument("--hflip-prob", default=0.0, type=probability, dest="hflip_prob",
+                       help="probability of flipping a training sample left to right, with 'left' and 'right' "
+                            "swapped in its expression (released: 0)")
     group.add_argument("--no-target-loss-weight", default=1.0, type=non_negative_float, dest="no_target_loss_weight",
                        help="weight of the no-target head's binary cross-entropy beside the mask loss")
     group.add_argument("--no-target-grad-scale", default=MODEL_DEFAULTS["no_target_grad_scale"], type=probability,

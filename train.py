@@ -215,8 +215,8 @@ def main(args):
 
     transform = get_transform(args.img_size)
     train_set = ReferDataset(args, image_transforms=transform, split="train", mask_union=args.mask_union)
-    if args.negative_prob > 0 or args.word_mask_prob > 0:
-        train_set = ExpressionAugmentation(train_set, args.negative_prob, args.word_mask_prob)
+    if args.negative_prob > 0 or args.word_mask_prob > 0 or args.hflip_prob > 0:
+        train_set = ExpressionAugmentation(train_set, args.negative_prob, args.word_mask_prob, args.hflip_prob)
     val_set = ReferDataset(args, image_transforms=transform, split="val", eval_mode=True, mask_union=args.mask_union)
     # Pinned pages let the host-to-device copies run asynchronously (non_blocking); values are unchanged.
     train_loader, train_sampler, loader_generator = build_train_loader(train_set, rank, world_size, args,

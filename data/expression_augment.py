@@ -1,6 +1,7 @@
 """Training options against the keyword shortcut (off by default: the released recipe has neither).
 
-`ExpressionAugmentation(train_set, negative_prob, word_mask_prob)` wraps a training ReferDataset:
+`ExpressionAugmentation(train_set, negative_prob, word_mask_prob, hflip_prob)` wraps a training
+ReferDataset:
 
 - negative expressions (`--negative-prob p`): with probability p the sample's expression is
   replaced by one that refers to nothing in the image, and the target becomes empty. On generated
@@ -12,6 +13,10 @@
 - word masking (`--word-mask-prob p`): each word of the expression (all of its word pieces) is
   replaced by the tokenizer's [MASK] token with probability p, as in the masked-text training of
   MaskRIS / Mask Grounding, so that no single word can carry the prediction.
+- mirrored samples (`--hflip-prob p`): with probability p the image and target are flipped left to
+  right and the words "left" and "right" swapped in the expression (whole word pieces, so "leftmost"
+  becomes "rightmost"), which keeps what the expression refers to. LAVT does not flip, because a
+  plain flip would contradict such words.
 
 Random draws use NumPy's global generator, which the training loop seeds per (seed, epoch, rank)
 and DataLoader workers seed per worker, so resumed runs replay exactly.
@@ -30,12 +35,15 @@ from refer import category_ids
 class ExpressionAugmentation(torch.utils.data.Dataset):
     """A training ReferDataset with negative expressions and/or word masking (see the module docstring)."""
 
-    def __init__(self, dataset, negative_prob=0.0, word_mask_prob=0.0, max_tries=20):
+    def __init__(self, dataset, negative_prob=0.0, word_mask_prob=0.0, hflip_prob=0.0, max_tries=20):
         self.dataset = dataset
         self.negative_prob = negative_prob
         self.word_mask_prob = word_mask_prob
+        self.hflip_prob = hflip_prob
         self.max_tries = max_tries
         tokenizer = load_tokenizer(dataset.tokenizer_name)
+        left, right = tokenizer.convert_tokens_to_ids(["left", "right"])
+        self.mirrored_id = {left: right, right: left}
         self.mask_token_id = tokenizer.mask_token_id
         self.special_ids = set(tokenizer.all_special_ids)
         self.continuation = np.array([token.startswith("##") for token in tokenizer.convert_ids_to_tokens(
@@ -95,8 +103,17 @@ class ExpressionAugmentation(torch.utils.data.Dataset):
                 ids[0, start:end] = self.mask_token_id
         return ids
 
+    def mirror(self, image, target, input_ids):
+        """The sample flipped left to right, "left" and "right" swapped in `input_ids` (1, N_l)."""
+        ids = input_ids.clone()
+        for position, token in enumerate(input_ids[0].tolist()):
+            ids[0, position] = self.mirrored_id.get(token, token)
+        return image.flip(-1), target.flip(-1), ids
+
     def __getitem__(self, index):
         image, target, input_ids, attention_mask = self.dataset[index]
+        if self.hflip_prob > 0 and np.random.random() < self.hflip_prob:
+            image, target, input_ids = self.mirror(image, target, input_ids)
         if self.negative_prob > 0 and np.random.random() < self.negative_prob:
             negative = self.negative_expression(index)
             if negative is not None:

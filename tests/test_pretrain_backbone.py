@@ -70,6 +70,40 @@ def test_position_labels_are_the_bins_of_each_object_centre():
     assert np.array_equal(plain, labels[:3])  # the option only adds tasks
 
 
+def test_object_ranks_count_the_peers_ahead_in_each_direction():
+    objects = [{"cx": 10, "cy": 5, "shape": "circle", "colour": "red"},
+               {"cx": 3, "cy": 9, "shape": "circle", "colour": "blue"},
+               {"cx": 7, "cy": 1, "shape": "star", "colour": "red"},
+               {"cx": 12, "cy": 7, "shape": "star", "colour": "red"},
+               {"cx": 1, "cy": 3, "shape": "star", "colour": "red"},
+               {"cx": 5, "cy": 2, "shape": "heart", "colour": "red"}]
+    ranks = pretrain_backbone.object_ranks(objects)
+    got = {task: [row[t] for row in ranks] for t, task in enumerate(pretrain_backbone.RANK_TASKS)}
+    assert got[("left", "all")] == [4, 2, 4, 4, 1, 3]  # the first is 5th: capped at 4 ("4th or later")
+    assert got[("right", "all")] == [2, 4, 3, 1, 4, 4]
+    assert got[("top", "all")] == [4, 4, 1, 4, 3, 2]
+    assert got[("left", "shape")] == [2, 1, 2, 3, 1, 1]
+    assert got[("bottom", "shape")] == [2, 1, 3, 1, 2, 1]
+    assert got[("right", "colour")] == [2, 1, 3, 1, 4, 4]
+    assert max(max(row) for row in ranks) == pretrain_backbone.MAX_RANK
+
+
+def test_rank_labels_are_each_object_ranks_and_only_add_tasks():
+    size = 64
+    image, labels = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size, position_bins=4,
+                                                 rank_tasks=True)
+    classes = pretrain_backbone.task_classes(4, rank_tasks=True)
+    assert labels.shape == (len(classes), size, size) == (17, size, size)
+    scene, _, _, visible = sample_scene(np.random.default_rng([3, 7, pretrain_backbone.STREAM_KEY]), size,
+                                        avoid=HELD_OUT_DESIGN)
+    for mask, ranks in zip(visible, pretrain_backbone.object_ranks(scene["objects"]), strict=True):
+        for t, rank in enumerate(ranks):
+            assert (labels[5 + t][mask] == rank).all()
+    assert all(labels[t].max() < n for t, n in enumerate(classes.values()))
+    plain = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size, position_bins=4)[1]
+    assert np.array_equal(plain, labels[:5])
+
+
 @pytest.mark.slow
 def test_position_bins_train_and_report_column_and_row(tmp_path):
     provenance = pretrain_backbone.main(["--out", str(tmp_path / "swin.pth"), "--num-images", "20", "--epochs", "1",
@@ -81,6 +115,10 @@ def test_position_bins_train_and_report_column_and_row(tmp_path):
                                     "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64",
                                     "--cache", str(tmp_path / "scenes.npz")])
     assert set(again["history"][-1]["val_accuracy"]) == {"colour", "shape", "size"}
+    ranked = pretrain_backbone.main(["--out", str(tmp_path / "ranked.pth"), "--num-images", "20", "--epochs", "1",
+                                     "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64", "--rank-tasks"])
+    assert list(ranked["history"][-1]["val_accuracy"]) == list(pretrain_backbone.task_classes(0, rank_tasks=True))
+    assert ranked["options"]["rank_tasks"] is True
 
 
 def test_scene_cache_is_reused_only_for_the_same_options(tmp_path, monkeypatch):
@@ -90,12 +128,12 @@ def test_scene_cache_is_reused_only_for_the_same_options(tmp_path, monkeypatch):
     base = ["--out", "unused.pth", "--num-images", "20", "--img-size", "32", "--gen-img-size", "64",
             "--cache", str(tmp_path / "scenes.npz")]
     runs = [base + ["--position-bins", "4"], base + ["--position-bins", "4"], base + ["--position-bins", "8"],
-            base + ["--position-bins", "8", "--seed", "5"]]
+            base + ["--position-bins", "8", "--seed", "5"], base + ["--position-bins", "8", "--seed", "5", "--rank-tasks"]]
     outputs = []
     for argv in runs:
         made.clear()
         outputs.append((pretrain_backbone.generate(pretrain_backbone.parse_args(argv)), len(made)))
-    assert [count for _, count in outputs] == [20, 0, 20, 20]  # only the identical second run reads the cache
+    assert [count for _, count in outputs] == [20, 0, 20, 20, 20]  # only the identical second run reads the cache
     (images4, labels4), (images8, labels8) = outputs[0][0], outputs[2][0]
     assert np.array_equal(images4, images8) and labels8[:, 3].max() > 4 >= labels4[:, 3].max()
     assert not np.array_equal(outputs[3][0][0], images8)

@@ -185,6 +185,26 @@ def test_word_masking_masks_whole_words_and_never_special_tokens():
             assert (some[k] == tokenizer.mask_token_id) == (some[k - 1] == tokenizer.mask_token_id)
 
 
+def test_mirrored_samples_flip_image_and_target_and_swap_left_and_right(data_root):
+    base = training_set(data_root)
+    mirrored = ExpressionAugmentation(base, hflip_prob=1.0)
+    tokenizer = load_tokenizer("minilm")
+    for i in range(len(base)):
+        np.random.seed(i)
+        image, target, input_ids, mask = base[i]
+        np.random.seed(i)
+        got_image, got_target, got_ids, got_mask = mirrored[i]
+        assert torch.equal(got_image, image.flip(-1)) and torch.equal(got_target, target.flip(-1))
+        assert torch.equal(got_mask, mask)
+        if not torch.equal(target, target.flip(-1)):
+            assert not torch.equal(got_target, target)  # a real flip, not the identity
+    # Whole word pieces swap, so "leftmost" becomes "rightmost"; other words stay.
+    ids, _ = tokenize_expressions(tokenizer, ["the leftmost dog, right of the cat on the left"])
+    _, _, swapped = mirrored.mirror(torch.zeros(3, 2, 2), torch.zeros(2, 2), ids)
+    assert tokenizer.decode(swapped[0], skip_special_tokens=True) == "the rightmost dog, left of the cat on the right"
+    assert torch.equal(mirrored.mirror(torch.zeros(3, 2, 2), torch.zeros(2, 2), swapped)[2], ids)
+
+
 def run(cmd, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
