@@ -172,8 +172,10 @@ def test_bad_arguments_are_user_errors(tmp_path):
         pretrain_backbone.parse_args(["--out", str(tmp_path / "x.pth"), "--position-bins", "-1"])
 
 
-@pytest.mark.parametrize("name, position_bins", [("swin_nano_synref.pth", 0), ("swin_nano_synref_pos.pth", 4)])
-def test_shipped_nano_weights_record_their_provenance_and_load(name, position_bins):
+@pytest.mark.parametrize("name, position_bins, rank_tasks", [("swin_nano_synref.pth", 0, False),
+                                                             ("swin_nano_synref_pos.pth", 4, False),
+                                                             ("swin_nano_synref_rank.pth", 4, True)])
+def test_shipped_nano_weights_record_their_provenance_and_load(name, position_bins, rank_tasks):
     saved = load_checkpoint_file(os.path.join(SHIPPED_DIR, name))
     provenance = saved["provenance"]
     assert provenance["options"]["swin_type"] == "nano"
@@ -184,6 +186,9 @@ def test_shipped_nano_weights_record_their_provenance_and_load(name, position_bi
     assert ("column" in accuracy) == bool(position_bins)
     if position_bins:
         assert min(accuracy["column"], accuracy["row"]) > 0.8  # chance: 1 / position_bins
+    assert provenance["options"].get("rank_tasks", False) == rank_tasks
+    if rank_tasks:  # ranks among all objects: 26-30% for the most frequent class
+        assert min(accuracy[f"rank_{side}_all"] for side in ("left", "right", "top", "bottom")) > 0.7
     assert "layers.0.blocks.0.attn.qkv.weight" in saved["model"]
 
 

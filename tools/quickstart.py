@@ -25,8 +25,8 @@ PROBES = "clean,swap,category,empty,shuffle,drop-category,counterfactual"
 EVAL_BATCH = 64
 # The recipe: the best of the candidates tried on 2 CPU cores within the quickstart's budget
 # (docs/synthetic.md lists each with its result). It fine-tunes the shipped Swin pretrained on
-# generated scenes, which was also taught where each object is (tools/pretrain_backbone.py
-# --position-bins 4), as LAVT fine-tunes an ImageNet Swin; that Swin learns at a fifth of the rate
+# generated scenes, which was also taught where each object is and its rank from each side
+# (tools/pretrain_backbone.py --position-bins 4 --rank-tasks), as LAVT fine-tunes an ImageNet Swin; that Swin learns at a fifth of the rate
 # of the fusion and decoder, which start from scratch. Without stochastic depth the small model
 # learns faster; batch 32 trains 1.3x more images per CPU second. Against the keyword shortcut, one
 # expression in ten is swapped for a counterfactual with an empty target and a no-target head learns
@@ -39,7 +39,7 @@ EVAL_BATCH = 64
 RECIPE = {
     "swin_type": "nano", "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
     "epochs": 12, "lr": 1e-3, "weight_decay": 1e-2, "drop_path": 0.0, "loss": "ce+dice", "amp": "bf16",
-    "pretrained": "pretrained_weights/swin_nano_synref_pos.pth", "swin_lr_scale": 0.2,
+    "pretrained": "pretrained_weights/swin_nano_synref_rank.pth", "swin_lr_scale": 0.2,
     "negative_prob": 0.1, "no_target_grad_scale": 0.1, "hflip_prob": 0.0,
 }
 
