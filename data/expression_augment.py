@@ -112,8 +112,6 @@ class ExpressionAugmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         image, target, input_ids, attention_mask = self.dataset[index]
-        if self.hflip_prob > 0 and np.random.random() < self.hflip_prob:
-            image, target, input_ids = self.mirror(image, target, input_ids)
         if self.negative_prob > 0 and np.random.random() < self.negative_prob:
             negative = self.negative_expression(index)
             if negative is not None:
@@ -121,4 +119,8 @@ class ExpressionAugmentation(torch.utils.data.Dataset):
                 target = torch.zeros_like(target)
         if self.word_mask_prob > 0:
             input_ids = self.mask_words(input_ids)
+        # Last, so that a negative is mirrored with its image: a counterfactual that changed "left"
+        # into "right" must still match nothing.
+        if self.hflip_prob > 0 and np.random.random() < self.hflip_prob:
+            image, target, input_ids = self.mirror(image, target, input_ids)
         return image, target, input_ids, attention_mask

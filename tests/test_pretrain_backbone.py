@@ -187,7 +187,7 @@ def test_shipped_nano_weights_record_their_provenance_and_load(name, position_bi
     if position_bins:
         assert min(accuracy["column"], accuracy["row"]) > 0.8  # chance: 1 / position_bins
     assert provenance["options"].get("rank_tasks", False) == rank_tasks
-    if rank_tasks:  # ranks among all objects: 26-30% for the most frequent class
+    if rank_tasks:  # ranks among all objects: 29-30% for the most frequent class
         assert min(accuracy[f"rank_{side}_all"] for side in ("left", "right", "top", "bottom")) > 0.7
     assert "layers.0.blocks.0.attn.qkv.weight" in saved["model"]
 

@@ -205,6 +205,20 @@ def test_mirrored_samples_flip_image_and_target_and_swap_left_and_right(data_roo
     assert torch.equal(mirrored.mirror(torch.zeros(3, 2, 2), torch.zeros(2, 2), swapped)[2], ids)
 
 
+def test_a_mirrored_negative_is_the_mirrored_counterfactual(data_root):
+    base = training_set(data_root)
+    table = {str(s["sent_id"]): "the unicorn on the left" for ref in base.refer.loadRefs(base.ref_ids)
+             for s in ref["sentences"]}
+    (data_root / "refcoco" / "counterfactuals(unc).json").write_text(json.dumps(table))
+    both = ExpressionAugmentation(base, negative_prob=1.0, hflip_prob=1.0)
+    expected, _ = tokenize_expressions(load_tokenizer("minilm"), ["the unicorn on the right"])
+    np.random.seed(0)
+    image, target, input_ids, _ = both[0]
+    np.random.seed(0)
+    assert torch.equal(image, base[0][0].flip(-1))
+    assert torch.equal(input_ids, expected) and not target.any()
+
+
 def run(cmd, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
