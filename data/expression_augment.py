@@ -42,8 +42,7 @@ class ExpressionAugmentation(torch.utils.data.Dataset):
         self.hflip_prob = hflip_prob
         self.max_tries = max_tries
         tokenizer = load_tokenizer(dataset.tokenizer_name)
-        left, right = tokenizer.convert_tokens_to_ids(["left", "right"])
-        self.mirrored_id = {left: right, right: left}
+        self.left_id, self.right_id = tokenizer.convert_tokens_to_ids(["left", "right"])
         self.mask_token_id = tokenizer.mask_token_id
         self.special_ids = set(tokenizer.all_special_ids)
         self.continuation = np.array([token.startswith("##") for token in tokenizer.convert_ids_to_tokens(
@@ -106,8 +105,8 @@ class ExpressionAugmentation(torch.utils.data.Dataset):
     def mirror(self, image, target, input_ids):
         """The sample flipped left to right, "left" and "right" swapped in `input_ids` (1, N_l)."""
         ids = input_ids.clone()
-        for position, token in enumerate(input_ids[0].tolist()):
-            ids[0, position] = self.mirrored_id.get(token, token)
+        ids[input_ids == self.left_id] = self.right_id
+        ids[input_ids == self.right_id] = self.left_id
         return image.flip(-1), target.flip(-1), ids
 
     def __getitem__(self, index):
