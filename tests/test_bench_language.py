@@ -53,3 +53,16 @@ def test_cross_fitted_threshold_is_scored_on_the_half_it_was_not_chosen_on():
     in_sample = head_trade_off(clean, counterfactual, floor=0.5)  # tuned on all of it: keeps every clean mask
     assert in_sample["clean_mean_iou"] == pytest.approx(0.575)
     assert cross_fitted_trade_off(clean, counterfactual, floor=0.6) is None  # the even half never reaches 0.6
+
+
+def test_standard_budget_fine_tunes_the_quickstarts_shipped_backbone():
+    import os
+
+    from bench.training_runs import BUDGETS, REPO
+    from tools.quickstart import RECIPE
+
+    # The benchmarks' tables (docs/benchmarks.md) were measured from the quickstart's backbone: a renamed
+    # or dropped file must fail here, not as a training run half an hour in.
+    pretrained = BUDGETS["standard"]["pretrained"]
+    assert pretrained == RECIPE["pretrained"]
+    assert os.path.isfile(os.path.join(REPO, pretrained))
