@@ -8,6 +8,12 @@ object or nothing), hedged (0.1 <= IoU < 0.5: typically the target plus a look-a
 precision of those masks are printed) and found (IoU >= 0.5; their mean IoU is the outline quality,
 which bounds what a perfect choice of object would score). The same per target size, in pixels at
 the evaluation resolution (target = U - predicted + I). docs/synthetic.md's readings come from here.
+
+Where the rows name their mask PNGs (test.py --save-predictions writes them beside the jsonl), each
+mask is also compared with every object of its image: "wrong object" is the share of masks that
+overlap another object more than the target, and "best-object IoU" the mean IoU of each mask with
+the object it overlaps most: what val would score if every expression chose its object right and
+the masks kept their outlines (a hedged mask scores low against every object, so hedging stays in it).
 """
 import argparse
 import json
@@ -42,7 +48,10 @@ def summarize(rows):
         return sum(values) / len(values) if values else None
 
     n = len(rows)
+    compared = [r for r in rows if "best_object_iou" in r]
     return {"samples": n, "mean_iou": mean(ious),
+            "wrong_object": mean(r["wrong_object"] for r in compared),
+            "best_object_iou": mean(r["best_object_iou"] for r in compared),
             "missed": sum(iou < 0.1 for iou in ious) / n if n else None,
             "hedged": len(hedged) / n if n else None, "found": len(found) / n if n else None,
             "found_iou": mean(found),
@@ -52,6 +61,34 @@ def summarize(rows):
 
 def target_pixels(row):
     return row["U"] - row["pred_pixels"] + row["I"]
+
+
+def compare_with_every_object(rows, refer, predictions):
+    """Adds "best_object_iou" and "wrong_object" (bool) to each row whose mask PNG is in `predictions`.
+
+    Objects are scored as the evaluation scores the target: the released rule (pixels covered once,
+    refer.object_mask), resized with nearest neighbour to the mask's size, as transforms.Resize does.
+    A tie with the target is not a wrong object."""
+    import numpy as np
+    from PIL import Image
+
+    from refer.refer import object_mask
+
+    for row in rows:
+        path = os.path.join(predictions, row.get("mask") or "")
+        if not row.get("mask") or not os.path.isfile(path):
+            continue
+        predicted = np.asarray(Image.open(path)) > 0
+        size = (predicted.shape[1], predicted.shape[0])
+        target = refer.refToAnn[row["ref_id"]]["id"]
+        ious = {}
+        for ann in refer.imgToAnns.get(refer.Refs[row["ref_id"]]["image_id"], []):
+            summed = refer.getAnnMask(ann)["mask"]
+            obj = np.asarray(Image.fromarray(object_mask(summed)).resize(size, Image.NEAREST)) > 0
+            union = np.logical_or(obj, predicted).sum()
+            ious[ann["id"]] = float(np.logical_and(obj, predicted).sum() / union) if union else 0.0
+        row["best_object_iou"] = max(ious.values(), default=0.0)
+        row["wrong_object"] = row["best_object_iou"] > ious.get(target, 0.0)
 
 
 def sentence_types(refer, type_of):
@@ -77,10 +114,11 @@ def markdown(summaries, first_column):
         return "-" if value is None else f"{100 * value:.1f}"
 
     lines = [f"| {first_column} | samples | mean IoU | missed (<0.1) % | hedged (0.1-0.5) % | found (>=0.5) % | "
-             "IoU of found | hedged: recall / precision |", "|---" * 8 + "|"]
+             "IoU of found | hedged: recall / precision | wrong object % | best-object IoU |", "|---" * 10 + "|"]
     for name, s in summaries.items():
         lines.append(f"| {name} | {s['samples']} | {pct(s['mean_iou'])} | {pct(s['missed'])} | {pct(s['hedged'])} | "
-                     f"{pct(s['found'])} | {pct(s['found_iou'])} | {pct(s['hedged_recall'])} / {pct(s['hedged_precision'])} |")
+                     f"{pct(s['found'])} | {pct(s['found_iou'])} | {pct(s['hedged_recall'])} / {pct(s['hedged_precision'])} | "
+                     f"{pct(s['wrong_object'])} | {pct(s['best_object_iou'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +131,7 @@ def main(argv=None):
         rows = [json.loads(line) for line in handle]
     refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
     types = sentence_types(refer, expression_types(args.refer_data_root, args.dataset))
+    compare_with_every_object(rows, refer, args.predictions)
     by_type, by_area = breakdown(rows, types)
     print(markdown(by_type, "expression type"))
     print(markdown(by_area, "target pixels"))

@@ -365,8 +365,11 @@ class REFER:
         parts' areas. The released dataset keeps only pixels equal to 1 as the object (see
         `object_mask`), which makes such overlaps holes.
         """
-        ann = self.refToAnn[ref["ref_id"]]
-        image = self.Imgs[ref["image_id"]]
+        return self.getAnnMask(self.refToAnn[ref["ref_id"]])
+
+    def getAnnMask(self, ann: dict) -> dict:
+        """`getMask` for any annotation of the dataset, referred or not (e.g. a target's look-alikes)."""
+        image = self.Imgs[ann["image_id"]]
         height, width = int(image["height"]), int(image["width"])
         rles = self._annotation_rles(ann, height, width)
         if not rles:

@@ -45,3 +45,35 @@ def test_script_reads_a_generated_set(generated_set, tmp_path, capsys):
     main([str(tmp_path), "--refer_data_root", str(root)])
     out = capsys.readouterr().out
     assert f"| all | {len(rows)} | 50.0 |" in out
+
+
+def test_each_mask_is_compared_with_every_object_of_its_image(generated_set, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from bench.failure_breakdown import compare_with_every_object
+    from refer.refer import REFER, object_mask
+
+    root = generated_set(dataset="synref", num_images=6, img_size=64, seed=3)
+    refer = REFER(str(root), "synref", "unc")
+    ref = next(r for r in refer.Refs.values() if len(refer.imgToAnns[r["image_id"]]) >= 2)
+    target = refer.refToAnn[ref["ref_id"]]
+    other = next(a for a in refer.imgToAnns[ref["image_id"]] if a["id"] != target["id"])
+
+    def saved(name, ann):  # as test.py saves a mask: 0/255 at the evaluation size (32 px here, not the image's 64)
+        mask = np.zeros((32, 32), np.uint8) if ann is None else object_mask(refer.getAnnMask(ann)["mask"])
+        Image.fromarray(mask * 255).resize((32, 32), Image.NEAREST).save(tmp_path / name)
+        return {"ref_id": ref["ref_id"], "sentence_index": 0, "mask": name}
+
+    rows = [saved("right.png", target), saved("look_alike.png", other), saved("empty.png", None),
+            {"ref_id": ref["ref_id"], "sentence_index": 0}]  # no mask saved: left out
+    compare_with_every_object(rows, refer, str(tmp_path))
+    assert (rows[0]["wrong_object"], rows[0]["best_object_iou"]) == (False, 1.0)
+    assert (rows[1]["wrong_object"], rows[1]["best_object_iou"]) == (True, 1.0)  # a clean mask of the wrong object
+    assert (rows[2]["wrong_object"], rows[2]["best_object_iou"]) == (False, 0.0)  # a tie at 0 is not a wrong object
+    assert "wrong_object" not in rows[3]
+    for r, iou in zip(rows, (1.0, 0.0, 0.0, 0.0)):
+        r.update(I=iou, U=1, pred_pixels=1, IoU=iou)
+    s = summarize(rows)
+    assert s["wrong_object"] == pytest.approx(1 / 3) and s["best_object_iou"] == pytest.approx(2 / 3)
+    assert s["samples"] == 4 and s["mean_iou"] == pytest.approx(0.25)
