@@ -47,7 +47,7 @@ def test_script_reads_a_generated_set(generated_set, tmp_path, capsys):
     assert f"| all | {len(rows)} | 50.0 |" in out
 
 
-def test_each_mask_is_compared_with_every_object_of_its_image(generated_set, tmp_path, capsys):
+def test_each_mask_is_compared_with_every_object_of_its_image(generated_set, tmp_path):
     import numpy as np
     from PIL import Image
 
