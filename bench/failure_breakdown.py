@@ -74,19 +74,25 @@ def compare_with_every_object(rows, refer, predictions):
 
     from refer.refer import object_mask
 
+    objects = {}  # (image_id, size) -> {ann_id: mask}: an image's expressions share its objects
+
+    def objects_of(image_id, size):
+        if (image_id, size) not in objects:
+            objects[image_id, size] = {
+                ann["id"]: np.asarray(Image.fromarray(object_mask(refer.getAnnMask(ann)["mask"])).resize(size, Image.NEAREST)) > 0
+                for ann in refer.imgToAnns.get(image_id, [])}
+        return objects[image_id, size]
+
     for row in rows:
-        path = os.path.join(predictions, row.get("mask") or "")
-        if not row.get("mask") or not os.path.isfile(path):
+        if not row.get("mask") or not os.path.isfile(os.path.join(predictions, row["mask"])):
             continue
-        predicted = np.asarray(Image.open(path)) > 0
+        predicted = np.asarray(Image.open(os.path.join(predictions, row["mask"]))) > 0
         size = (predicted.shape[1], predicted.shape[0])
         target = refer.refToAnn[row["ref_id"]]["id"]
         ious = {}
-        for ann in refer.imgToAnns.get(refer.Refs[row["ref_id"]]["image_id"], []):
-            summed = refer.getAnnMask(ann)["mask"]
-            obj = np.asarray(Image.fromarray(object_mask(summed)).resize(size, Image.NEAREST)) > 0
+        for ann_id, obj in objects_of(refer.Refs[row["ref_id"]]["image_id"], size).items():
             union = np.logical_or(obj, predicted).sum()
-            ious[ann["id"]] = float(np.logical_and(obj, predicted).sum() / union) if union else 0.0
+            ious[ann_id] = float(np.logical_and(obj, predicted).sum() / union) if union else 0.0
         row["best_object_iou"] = max(ious.values(), default=0.0)
         row["wrong_object"] = row["best_object_iou"] > ious.get(target, 0.0)
 
