@@ -74,8 +74,13 @@ def build_param_groups(referring_model, swin_lr=None, bert_lr=None):
     return groups
 
 
-def poly_schedule(total_steps):
-    return lambda step: max(1 - step / total_steps, 0.0) ** 0.9
+def poly_schedule(total_steps, warmup_steps=0):
+    """The released per-step poly decay; with `warmup_steps` (not released), a linear ramp from
+    1/warmup_steps of the rate up to the decayed rate over the first steps."""
+    def factor(step):
+        ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        return ramp * max(1 - step / total_steps, 0.0) ** 0.9
+    return factor
 
 
 def build_train_loader(dataset, rank, world_size, args, pin_memory=False):
@@ -226,7 +231,8 @@ def main(args):
 
     model, model_without_ddp = build_training_model(args, device, world_size)
     optimizer = build_optimizer(model_without_ddp, args, device)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs))
+    warmup_steps = round(args.lr_warmup_epochs * steps_per_epoch)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs, warmup_steps))
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, no_target_weight=args.no_target_loss_weight)
     start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args, files) \

@@ -40,7 +40,7 @@ RECIPE = {
     "swin_type": "nano", "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,
     "epochs": 12, "lr": 1e-3, "weight_decay": 1e-2, "drop_path": 0.0, "loss": "ce+dice", "amp": "bf16",
     "pretrained": "pretrained_weights/swin_nano_synref_rank.pth", "swin_lr_scale": 0.2,
-    "negative_prob": 0.1, "no_target_grad_scale": 0.1, "hflip_prob": 0.0,
+    "negative_prob": 0.1, "no_target_grad_scale": 0.1, "hflip_prob": 0.0, "lr_warmup_epochs": 0.0,
 }
 
 
@@ -280,7 +280,8 @@ def main():
          "--drop-path", str(opts.drop_path), "--loss", opts.loss, "--bert-trainable-layers", "0",
          "--pretrained_swin_weights", opts.pretrained, "--swin-lr-scale", str(opts.swin_lr_scale),
          "--seed", str(opts.seed), "--model_id", "quickstart", "--overwrite", "--run-dir", run_dir, "--output-dir", out,
-         "--print-freq", "50", "--hflip-prob", str(opts.hflip_prob), *remedy_flags(opts)])
+         "--print-freq", "50", "--hflip-prob", str(opts.hflip_prob),
+         "--lr-warmup-epochs", str(opts.lr_warmup_epochs), *remedy_flags(opts)])
     timings["train_s"] = time.time() - t
 
     step("3/4 evaluating the best checkpoint, then the language probes on val")
