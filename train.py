@@ -83,6 +83,12 @@ def poly_schedule(total_steps, warmup_steps=0):
     return factor
 
 
+def build_lr_scheduler(optimizer, steps_per_epoch, args):
+    """Per optimizer step: the poly decay over `args.epochs`, after `args.lr_warmup_epochs` of ramp."""
+    schedule = poly_schedule(steps_per_epoch * args.epochs, round(args.lr_warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def build_train_loader(dataset, rank, world_size, args, pin_memory=False):
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                   shuffle=True, seed=args.seed)
@@ -231,8 +237,7 @@ def main(args):
 
     model, model_without_ddp = build_training_model(args, device, world_size)
     optimizer = build_optimizer(model_without_ddp, args, device)
-    warmup_steps = round(args.lr_warmup_epochs * steps_per_epoch)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs, warmup_steps))
+    lr_scheduler = build_lr_scheduler(optimizer, steps_per_epoch, args)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, no_target_weight=args.no_target_loss_weight)
     start_epoch, best_oiou = restore(resume, model_without_ddp, optimizer, lr_scheduler, scaler, args, files) \

@@ -181,3 +181,24 @@ def test_lr_warmup_ramps_linearly_then_follows_the_released_poly_decay():
     assert get_train_parser().parse_args([]).lr_warmup_epochs == 0  # released: no ramp
     with pytest.raises(SystemExit):
         get_train_parser().parse_args(["--lr-warmup-epochs", "-1"])
+
+
+def test_lr_warmup_epochs_reach_the_scheduler_in_optimizer_steps():
+    from train import build_lr_scheduler
+
+    def rates(flags, steps_per_epoch=8):
+        weight = nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([weight], lr=0.1)
+        scheduler = build_lr_scheduler(optimizer, steps_per_epoch, get_train_parser().parse_args(flags))
+        seen = []
+        for _ in range(steps_per_epoch * 2):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    released = rates(["--epochs", "3"])
+    ramped = rates(["--epochs", "3", "--lr-warmup-epochs", "0.5"])  # 4 of the 8 steps per epoch
+    assert released[0] == pytest.approx(0.1)
+    assert ramped[:4] == pytest.approx([released[s] * (s + 1) / 4 for s in range(4)])
+    assert ramped[4:] == pytest.approx(released[4:])
