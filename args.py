@@ -137,8 +137,8 @@ def add_training_args(parser):
     group.add_argument("--bert-lr-scale", default=1.0, type=probability, dest="bert_lr_scale",
                        help="learning rate of the trainable BERT layers as a fraction of --lr (released: 1)")
     group.add_argument("--lr-warmup-epochs", default=0.0, type=non_negative_float, dest="lr_warmup_epochs",
-                       help="epochs (fractions allowed) over which the learning rate ramps up linearly before the "
-                            "poly decay takes over (released: 0, no ramp)")
+                       help="epochs (fractions allowed) of a linear ramp multiplied into the poly decay, so that the "
+                            "rate rises to the decayed rate (released: 0, no ramp)")
     group.add_argument("--wd", "--weight-decay", default=1e-2, type=non_negative_float, dest="weight_decay", help="weight decay")
     group.add_argument("--amsgrad", action="store_true", help="use the AMSGrad variant of AdamW")
     group.add_argument("--loss", default="ce", choices=LOSSES,

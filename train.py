@@ -75,8 +75,8 @@ def build_param_groups(referring_model, swin_lr=None, bert_lr=None):
 
 
 def poly_schedule(total_steps, warmup_steps=0):
-    """The released per-step poly decay; with `warmup_steps` (not released), a linear ramp from
-    1/warmup_steps of the rate up to the decayed rate over the first steps."""
+    """The released per-step poly decay; with `warmup_steps` (not released), multiplied by a linear
+    ramp from 1/warmup_steps to 1 over the first steps."""
     def factor(step):
         ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
         return ramp * max(1 - step / total_steps, 0.0) ** 0.9
@@ -84,9 +84,9 @@ def poly_schedule(total_steps, warmup_steps=0):
 
 
 def build_lr_scheduler(optimizer, steps_per_epoch, args):
-    """Per optimizer step: the poly decay over `args.epochs`, after `args.lr_warmup_epochs` of ramp."""
-    schedule = poly_schedule(steps_per_epoch * args.epochs, round(args.lr_warmup_epochs * steps_per_epoch))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    """Per optimizer step: the poly decay over `args.epochs`, times a linear ramp over `args.lr_warmup_epochs`."""
+    warmup_steps = max(1, round(args.lr_warmup_epochs * steps_per_epoch)) if args.lr_warmup_epochs > 0 else 0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(steps_per_epoch * args.epochs, warmup_steps))
 
 
 def build_train_loader(dataset, rank, world_size, args, pin_memory=False):

@@ -5,7 +5,8 @@
 
 Generates a gRefCOCO-layout SynRef set (`python -m data.synthetic --generalized`: about 20% of
 the refs refer to nothing, 20% to several objects), fine-tunes the shipped pretrained nano backbone
-with the quickstart's recipe at 24 epochs (bench/training_runs.py BUDGETS) once per recipe, for
+with the quickstart's recipe at 24 epochs without its learning-rate ramp (bench/training_runs.py
+BUDGETS) once per recipe, for
 the same number of epochs -- the released model (its "no target" is an empty predicted mask),
 `--no-target-head` (a classifier on the fused top stage and the decoder's last map, lib/no_target.py,
 trained with a binary loss beside the mask loss), the head with that loss weighted 5

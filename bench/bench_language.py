@@ -4,7 +4,8 @@
     python bench/bench_language.py --out /tmp/bl --budget tiny          # a minute-long smoke run
 
 Generates a SynRef set (REFER layout, with counterfactuals), fine-tunes the shipped pretrained nano
-backbone with the quickstart's recipe at 24 epochs (bench/training_runs.py BUDGETS: 64 px, window 4,
+backbone with the quickstart's recipe at 24 epochs without its learning-rate ramp
+(bench/training_runs.py BUDGETS: 64 px, window 4,
 frozen MiniLM with cached features, bf16 autocast, batch 32, AdamW 1e-3 with the Swin at 0.2x, CE + Dice)
 once per training option at the same number of epochs, then evaluates each best checkpoint on val under every language probe
 (tools/probes.py: clean, swap, category, empty, shuffle, drop-category, counterfactual). Prints one

@@ -1,12 +1,14 @@
 """The quickstart script end to end at toy size: every report file is written and consistent."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from lib.checkpoint_io import load_checkpoint_file
+from tools.quickstart import RECIPE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +54,12 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     checkpoint = load_checkpoint_file(str(out / "model_best_quickstart.pth"))
     assert checkpoint["args"].drop_path_rate == 0.1 and checkpoint["args"].batch_size == 8  # the recipe reached train.py
     assert checkpoint["args"].negative_prob == 0.1 and checkpoint["args"].no_target_grad_scale == 0.1
+    # The ramp reached the scheduler: the rate printed after the first step is 2 / N of the poly rate (N steps an epoch).
+    steps, first_lr = re.search(r"Epoch: \[0\] \[\s*0/(\d+)\].*?lr: (\S+)", result.stdout).groups()
+    steps = int(steps)
+    assert steps > 2  # with 2 steps an epoch the ramp's first rate would equal the poly rate
+    expected = RECIPE["lr"] * (2 / steps) * (1 - 1 / (2 * steps)) ** 0.9
+    assert RECIPE["lr_warmup_epochs"] == 1 and float(first_lr) == pytest.approx(expected, rel=1e-2)
     assert any(key.startswith("no_target_head.") for key in checkpoint["model"])
 
 

@@ -4,6 +4,7 @@
   code fine-tunes it without dropout), while the BERT inside `lavt_one` trains with dropout.
 - Issue 13: `engine.train_one_epoch(..., accum_steps=N)` over N micro-batches makes the update one
   batch of N x b makes, and steps the optimizer and the schedule once per N micro-batches.
+- Issue 18: `--lr-warmup-epochs` ramps the rate up linearly, multiplied into the released poly decay.
 """
 import copy
 
@@ -199,6 +200,7 @@ def test_lr_warmup_epochs_reach_the_scheduler_in_optimizer_steps():
 
     released = rates(["--epochs", "3"])
     ramped = rates(["--epochs", "3", "--lr-warmup-epochs", "0.5"])  # 4 of the 8 steps per epoch
-    assert released[0] == pytest.approx(0.1)
+    assert released == pytest.approx([0.1 * (1 - step / 24) ** 0.9 for step in range(16)])  # decay over all epochs
     assert ramped[:4] == pytest.approx([released[s] * (s + 1) / 4 for s in range(4)])
     assert ramped[4:] == pytest.approx(released[4:])
+    assert rates(["--epochs", "3", "--lr-warmup-epochs", "0.01"])[0] == pytest.approx(0.1)  # under a step: one step
