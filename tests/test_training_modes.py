@@ -170,21 +170,7 @@ def test_released_weighted_loss_accumulates_like_data_parallel_ranks(frozen_bn_m
     assert_same_gradients(accumulated[0], {name: (per_rank[0][name] + per_rank[1][name]) / 2 for name in per_rank[0]})
 
 
-def test_lr_warmup_ramps_linearly_then_follows_the_released_poly_decay():
-    from train import poly_schedule
-
-    total, warmup = 100, 10
-    released, ramped = poly_schedule(total), poly_schedule(total, warmup)
-    assert [released(s) for s in (0, 50, 99)] == pytest.approx([1.0, 0.5 ** 0.9, 0.01 ** 0.9])  # (1 - step/total) ** 0.9
-    for step in range(warmup):
-        assert ramped(step) == pytest.approx(released(step) * (step + 1) / warmup)
-    assert all(ramped(step) == released(step) for step in range(warmup, total + 5))
-    assert get_train_parser().parse_args([]).lr_warmup_epochs == 0  # released: no ramp
-    with pytest.raises(SystemExit):
-        get_train_parser().parse_args(["--lr-warmup-epochs", "-1"])
-
-
-def test_lr_warmup_epochs_reach_the_scheduler_in_optimizer_steps():
+def test_lr_warmup_ramps_linearly_over_epochs_given_in_optimizer_steps_then_follows_the_released_decay():
     from train import build_lr_scheduler
 
     def rates(flags, steps_per_epoch=8):
@@ -204,3 +190,6 @@ def test_lr_warmup_epochs_reach_the_scheduler_in_optimizer_steps():
     assert ramped[:4] == pytest.approx([released[s] * (s + 1) / 4 for s in range(4)])
     assert ramped[4:] == pytest.approx(released[4:])
     assert rates(["--epochs", "3", "--lr-warmup-epochs", "0.01"])[0] == pytest.approx(0.1)  # under a step: one step
+    assert get_train_parser().parse_args([]).lr_warmup_epochs == 0  # released: no ramp
+    with pytest.raises(SystemExit):
+        get_train_parser().parse_args(["--lr-warmup-epochs", "-1"])
