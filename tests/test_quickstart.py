@@ -54,6 +54,7 @@ def test_quickstart_writes_report_curve_and_overlays(tmp_path):
     checkpoint = load_checkpoint_file(str(out / "model_best_quickstart.pth"))
     assert checkpoint["args"].drop_path_rate == 0.1 and checkpoint["args"].batch_size == 8  # the recipe reached train.py
     assert checkpoint["args"].negative_prob == 0.1 and checkpoint["args"].no_target_grad_scale == 0.1
+    assert RECIPE["mha"] == "4-4-4-4" and checkpoint["args"].mha == RECIPE["mha"]  # four fusion heads a stage
     # The ramp reached the scheduler: the rate printed after the first step is 2 / N of the poly rate (N steps an epoch).
     steps, first_lr = re.search(r"Epoch: \[0\] \[\s*0/(\d+)\].*?lr: (\S+)", result.stdout).groups()
     steps = int(steps)
