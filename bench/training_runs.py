@@ -20,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The benchmarks' two sizes. "standard" fine-tunes the quickstart's pretrained nano backbone
 # (tools/pretrain_backbone.py, with position and rank tasks) with the quickstart's recipe at twice its epochs,
-# without the learning-rate ramp the quickstart added later (docs/benchmarks.md's tables were measured
-# without it); "tiny" is a smoke run from scratch.
+# without the learning-rate ramp and the four fusion heads the quickstart added later (docs/benchmarks.md's
+# tables were measured without them); "tiny" is a smoke run from scratch.
 PRETRAINED_NANO = "pretrained_weights/swin_nano_synref_rank.pth"
 BUDGETS = {
     "standard": {"swin_type": "nano", "num_images": 2500, "gen_img_size": 128, "img_size": 64, "window_size": 4, "batch_size": 32,

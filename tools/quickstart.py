@@ -12,6 +12,7 @@
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def step(message):
 
 
 def run(cmd):
-    print("$ " + " ".join(cmd), flush=True)
+    print("$ " + shlex.join(cmd), flush=True)  # quoted: an empty --mha "" stays visible
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
