@@ -14,6 +14,9 @@ mask is also compared with every object of its image: "wrong object" is the shar
 overlap another object more than the target, and "best-object IoU" the mean IoU of each mask with
 the object it overlaps most: what val would score if every expression chose its object right and
 the masks kept their outlines (a hedged mask scores low against every object, so hedging stays in it).
+For relation and ordinal expressions, a third table says where those masks land, per relation and per
+side counted from: on the target, on another object of the target's description (the wrong one of the
+candidates), on the landmark a relation names, on another object, or on none (best-object IoU < 0.1).
 """
 import argparse
 import json
@@ -23,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 AREA_BINS = ((0, 60), (60, 120), (120, 250), (250, None))
+LANDINGS = ("target", "another of its description", "the landmark", "another object", "none")
 
 
 def parse_args(argv=None):
@@ -64,7 +68,8 @@ def target_pixels(row):
 
 
 def compare_with_every_object(rows, refer, predictions):
-    """Adds "best_object_iou" and "wrong_object" (bool) to each row whose mask PNG is in `predictions`.
+    """Adds "best_object_iou", "best_object" (the ann id of the object the mask overlaps most, None when
+    it overlaps none) and "wrong_object" (bool) to each row whose mask PNG is in `predictions`.
 
     Objects are scored as the evaluation scores the target: the released rule (pixels covered once,
     refer.object_mask), resized with nearest neighbour to the mask's size, as transforms.Resize does.
@@ -94,12 +99,13 @@ def compare_with_every_object(rows, refer, predictions):
             union = np.logical_or(obj, predicted).sum()
             ious[ann_id] = float(np.logical_and(obj, predicted).sum() / union) if union else 0.0
         row["best_object_iou"] = max(ious.values(), default=0.0)
+        row["best_object"] = max(ious, key=ious.get) if row["best_object_iou"] > 0 else None
         row["wrong_object"] = row["best_object_iou"] > ious.get(target, 0.0)
 
 
-def sentence_types(refer, type_of):
-    """{(ref_id, sentence_index): expression type} from the {sent_id: type} of data.synthetic.expression_types."""
-    return {(ref_id, i): type_of[sent_id] for ref_id, ref in refer.Refs.items() for i, sent_id in enumerate(ref["sent_ids"])}
+def per_sentence(refer, by_sent_id):
+    """{(ref_id, sentence_index): value} from a {sent_id: value} map (a type, or a semantic form)."""
+    return {(ref_id, i): by_sent_id[sent_id] for ref_id, ref in refer.Refs.items() for i, sent_id in enumerate(ref["sent_ids"])}
 
 
 def breakdown(rows, types):
@@ -113,6 +119,44 @@ def breakdown(rows, types):
         by_area[label] = [r for r in rows if target_pixels(r) >= low and (high is None or target_pixels(r) < high)]
     return ({k: summarize(v) for k, v in sorted(by_type.items())} | {"all": summarize(rows)},
             {k: summarize(v) for k, v in by_area.items()})
+
+
+def landing(row, form, objects):
+    """Where one compared mask lands (one of LANDINGS); `form` is the expression's semantic form and
+    `objects` maps ann ids to the sidecar's objects. A tie with the target counts as the target."""
+    from data.synthetic.semantics import matches
+
+    if row["best_object_iou"] < 0.1:
+        return "none"
+    if not row["wrong_object"]:
+        return "target"
+    chosen = objects[row["best_object"]]
+    if form["type"] == "relation" and matches(chosen, form["landmark"]):
+        return "the landmark"
+    return "another of its description" if matches(chosen, form["target"]) else "another object"
+
+
+def landings(rows, forms, objects):
+    """{kind: {"samples": n, landing: share}} over the relation and ordinal rows that were compared with
+    every object; kind is "relation: <relation>" or "ordinal: from <side>". `forms` maps
+    (ref_id, sentence_index) to the expression's semantic form."""
+    counts = {}
+    for row in rows:
+        form = forms[(row["ref_id"], row["sentence_index"])]
+        if "best_object_iou" not in row or form["type"] not in ("relation", "ordinal"):
+            continue
+        kind = f"relation: {form['relation']}" if form["type"] == "relation" else f"ordinal: from {form['from']}"
+        counts.setdefault(kind, []).append(landing(row, form, objects))
+    return {kind: {"samples": len(found)} | {name: found.count(name) / len(found) for name in LANDINGS}
+            for kind, found in sorted(counts.items())}
+
+
+def landing_markdown(shares):
+    lines = ["| relation / ordinal | samples | " + " | ".join(f"{name} %" for name in LANDINGS) + " |",
+             "|---" * (len(LANDINGS) + 2) + "|"]
+    for kind, s in shares.items():
+        lines.append(f"| {kind} | {s['samples']} | " + " | ".join(f"{100 * s[name]:.1f}" for name in LANDINGS) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summaries, first_column):
@@ -129,18 +173,23 @@ def markdown(summaries, first_column):
 
 
 def main(argv=None):
-    from data.synthetic import expression_types
+    from data.synthetic import read_sidecar
     from refer.refer import REFER
 
     args = parse_args(argv)
     with open(os.path.join(args.predictions, "predictions.jsonl")) as handle:
         rows = [json.loads(line) for line in handle]
     refer = REFER(args.refer_data_root, args.dataset, args.splitBy)
-    types = sentence_types(refer, expression_types(args.refer_data_root, args.dataset))
+    sidecar = read_sidecar(args.refer_data_root, args.dataset)
+    forms = per_sentence(refer, {e["sent_id"]: e["form"] for e in sidecar["expressions"]})
+    types = {key: form["type"] for key, form in forms.items()}
     compare_with_every_object(rows, refer, args.predictions)
     by_type, by_area = breakdown(rows, types)
     print(markdown(by_type, "expression type"))
     print(markdown(by_area, "target pixels"))
+    shares = landings(rows, forms, {obj["ann_id"]: obj for scene in sidecar["scenes"] for obj in scene["objects"]})
+    if shares:
+        print(landing_markdown(shares))
 
 
 if __name__ == "__main__":

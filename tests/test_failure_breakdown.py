@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from bench.failure_breakdown import breakdown, main, summarize
+from bench.failure_breakdown import LANDINGS, breakdown, landings, main, summarize
 
 
 def row(ref_id, i, inter, union, predicted, sentence_index=0, iou=None):
@@ -68,12 +68,44 @@ def test_each_mask_is_compared_with_every_object_of_its_image(generated_set, tmp
     rows = [saved("right.png", target), saved("look_alike.png", other), saved("empty.png", None),
             {"ref_id": ref["ref_id"], "sentence_index": 0}]  # no mask saved: left out
     compare_with_every_object(rows, refer, str(tmp_path))
-    assert (rows[0]["wrong_object"], rows[0]["best_object_iou"]) == (False, 1.0)
-    assert (rows[1]["wrong_object"], rows[1]["best_object_iou"]) == (True, 1.0)  # a clean mask of the wrong object
-    assert (rows[2]["wrong_object"], rows[2]["best_object_iou"]) == (False, 0.0)  # a tie at 0 is not a wrong object
+    assert (rows[0]["wrong_object"], rows[0]["best_object_iou"], rows[0]["best_object"]) == (False, 1.0, target["id"])
+    # a clean mask of the wrong object
+    assert (rows[1]["wrong_object"], rows[1]["best_object_iou"], rows[1]["best_object"]) == (True, 1.0, other["id"])
+    # a tie at 0 is not a wrong object, and overlaps no object
+    assert (rows[2]["wrong_object"], rows[2]["best_object_iou"], rows[2]["best_object"]) == (False, 0.0, None)
     assert "wrong_object" not in rows[3]
     for r, iou in zip(rows, (1.0, 0.0, 0.0, 0.0)):
         r.update(I=iou, U=1, pred_pixels=1, IoU=iou)
     s = summarize(rows)
     assert s["wrong_object"] == pytest.approx(1 / 3) and s["best_object_iou"] == pytest.approx(2 / 3)
     assert s["samples"] == 4 and s["mean_iou"] == pytest.approx(0.25)
+
+
+def test_relation_and_ordinal_masks_are_traced_to_the_object_they_land_on():
+    objects = {1: {"shape": "circle", "colour": "red", "size": "small"},
+               2: {"shape": "circle", "colour": "blue", "size": "big"},
+               3: {"shape": "star", "colour": "pink", "size": "small"},
+               4: {"shape": "heart", "colour": "red", "size": "big"}}
+    nearest = {"type": "relation", "relation": "nearest", "target": {"shape": "circle"},
+               "landmark": {"shape": "star", "colour": "pink"}}
+    second = {"type": "ordinal", "rank": 2, "from": "left", "target": {"colour": "red"}}
+    forms = {(0, 0): nearest, (0, 1): nearest, (0, 2): nearest, (0, 3): nearest, (0, 4): nearest,
+             (1, 0): second, (1, 1): second, (2, 0): {"type": "attribute", "target": {"shape": "star"}}}
+
+    def compared(ref_id, i, best, iou, wrong):
+        return {"ref_id": ref_id, "sentence_index": i, "best_object": best, "best_object_iou": iou, "wrong_object": wrong}
+
+    rows = [compared(0, 0, 1, 0.8, False),   # the target
+            compared(0, 1, 2, 0.7, True),    # the other circle
+            compared(0, 2, 3, 0.9, True),    # the pink star it was to be compared with
+            compared(0, 3, 4, 0.6, True),    # an object the expression does not describe
+            compared(0, 4, 2, 0.05, True),   # overlaps nothing enough to count
+            compared(1, 0, 4, 0.7, True),    # the other red object
+            compared(1, 1, 1, 0.3, False),   # a hedged mask whose best object ties with the target: the target
+            {"ref_id": 1, "sentence_index": 1},  # no mask saved: left out
+            compared(2, 0, 3, 0.9, False)]   # attribute expressions are not traced
+    shares = landings(rows, forms, objects)
+    assert list(shares) == ["ordinal: from left", "relation: nearest"]
+    assert shares["relation: nearest"] == {"samples": 5, **dict.fromkeys(LANDINGS, 0.2)}
+    assert shares["ordinal: from left"] == {"samples": 2, "target": 0.5, "another of its description": 0.5,
+                                            "the landmark": 0.0, "another object": 0.0, "none": 0.0}

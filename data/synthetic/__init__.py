@@ -40,11 +40,11 @@ from .polygons import mask_to_polygons
 from .sampling import sample_scene
 from .scene import COLOURS, SHAPES, SIZES, render_scene, shape_polygon
 from .semantics import EXPRESSION_TYPES, denotation, evaluate, referent
-from .writer import DEFAULT_MIX, SPLITS, expression_types, generate
+from .writer import DEFAULT_MIX, SPLITS, expression_types, generate, read_sidecar
 
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "EXPRESSION_TYPES", "SPLITS", "DEFAULT_MIX", "SHAPE_WORDS", "COLOUR_WORDS",
     "SIZE_WORDS", "GENERIC_NOUNS", "generate", "sample_scene", "render_scene", "shape_polygon",
     "mask_to_polygons", "evaluate", "referent", "denotation", "realize", "normalize_sentence", "outline_target",
-    "write_examples", "counterfactual_form", "absent_shape_form", "generate_generalized", "expression_types",
+    "write_examples", "counterfactual_form", "absent_shape_form", "generate_generalized", "expression_types", "read_sidecar",
 ]

@@ -281,7 +281,13 @@ def generate(root: str, dataset: str = "synref", num_images: int = 2000, img_siz
     return records.summary(root, splitBy, held_out, with_distractor / max(len(records.refs), 1), started)
 
 
+def read_sidecar(root: str, dataset: str) -> dict:
+    """A generated set's synthetic_scenes.json: its params, scenes (objects with their ann_id) and the
+    semantic form of every expression."""
+    with open(os.path.join(root, dataset, "synthetic_scenes.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def expression_types(root: str, dataset: str) -> dict:
     """{sent_id: expression type} of a generated set, read from its synthetic_scenes.json sidecar."""
-    with open(os.path.join(root, dataset, "synthetic_scenes.json"), encoding="utf-8") as handle:
-        return {e["sent_id"]: e["form"]["type"] for e in json.load(handle)["expressions"]}
+    return {e["sent_id"]: e["form"]["type"] for e in read_sidecar(root, dataset)["expressions"]}
