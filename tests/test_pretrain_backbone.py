@@ -44,8 +44,8 @@ def test_avoided_pairs_never_appear_in_a_scene():
 
 
 def test_labels_follow_the_visible_objects():
-    image, labels, neighbours = pretrain_backbone.make_scene(seed=1, index=0, gen_size=64, size=32)
-    assert image.shape == (32, 32, 3) and labels.shape == (3, 32, 32) and neighbours is None
+    image, labels = pretrain_backbone.make_scene(seed=1, index=0, gen_size=64, size=32)
+    assert image.shape == (32, 32, 3) and labels.shape == (3, 32, 32)
     foreground = labels[0] > 0
     assert foreground.any() and (~foreground).any()
     # Every task labels the same pixels as object pixels.
@@ -55,7 +55,7 @@ def test_labels_follow_the_visible_objects():
 
 def test_position_labels_are_the_bins_of_each_object_centre():
     bins, size = 3, 64
-    image, labels, _ = pretrain_backbone.make_scene(seed=2, index=4, gen_size=size, size=size, position_bins=bins)
+    image, labels = pretrain_backbone.make_scene(seed=2, index=4, gen_size=size, size=size, position_bins=bins)
     assert labels.shape == (5, size, size)
     scene, _, _, visible = sample_scene(np.random.default_rng([2, 4, pretrain_backbone.STREAM_KEY]), size,
                                         avoid=HELD_OUT_DESIGN)
@@ -90,8 +90,8 @@ def test_object_ranks_count_the_peers_ahead_in_each_direction():
 
 def test_rank_labels_are_each_object_ranks_and_only_add_tasks():
     size = 64
-    image, labels, _ = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size, position_bins=4,
-                                                    rank_tasks=True)
+    image, labels = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size, position_bins=4,
+                                                 rank_tasks=True)
     classes = pretrain_backbone.task_classes(4, rank_tasks=True)
     assert labels.shape == (len(classes), size, size) == (17, size, size)
     scene, _, _, visible = sample_scene(np.random.default_rng([3, 7, pretrain_backbone.STREAM_KEY]), size,
@@ -102,61 +102,6 @@ def test_rank_labels_are_each_object_ranks_and_only_add_tasks():
     assert all(labels[t].max() < n for t, n in enumerate(classes.values()))
     plain = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size, position_bins=4)[1]
     assert np.array_equal(plain, labels[:5])
-
-
-def _flags(row, group):
-    """The (key, value) landmark values set in one object's object_neighbours row for one peer group."""
-    g = list(pretrain_backbone.RANK_GROUPS).index(group)
-    values = pretrain_backbone.LANDMARK_VALUES
-    return {values[v] for v in range(len(values)) if row[g * len(values) + v]}
-
-
-def test_object_neighbours_flag_the_nearest_of_each_peer_group_to_every_other_object():
-    objects = [{"cx": 0, "cy": 0, "shape": "circle", "colour": "red", "size": "small"},
-               {"cx": 10, "cy": 0, "shape": "circle", "colour": "blue", "size": "big"},
-               {"cx": 4, "cy": 0, "shape": "star", "colour": "green", "size": "small"},
-               {"cx": 12, "cy": 0, "shape": "star", "colour": "red", "size": "big"}]
-    flags = pretrain_backbone.object_neighbours(objects)
-    assert flags.shape == (4, pretrain_backbone.NEIGHBOUR_BITS) == (4, 3 * (8 + 8 + 2))
-    green_star = {("colour", "green"), ("shape", "star"), ("size", "small")}
-    blue_circle = {("colour", "blue"), ("shape", "circle"), ("size", "big")}
-    red_star = {("colour", "red"), ("shape", "star"), ("size", "big")}
-    # Of all objects, the first is the nearest to the green star only (the red star is nearer the blue circle).
-    assert _flags(flags[0], "all") == green_star
-    # Of the circles: nearest to the green star and, being the only other circle, to the blue circle.
-    assert _flags(flags[0], "shape") == green_star | blue_circle
-    # Of the red objects: to the green star, and to the red star (the landmark is not its own rival).
-    assert _flags(flags[0], "colour") == green_star | red_star
-    # The blue circle is the circle nearest the red star and the small red circle, not the green star.
-    assert _flags(flags[1], "shape") == red_star | {("colour", "red"), ("shape", "circle"), ("size", "small")}
-    # Two red circles as far from the star: neither is the nearest to it; each is the nearest circle (and
-    # red object) to the other, but not the nearest object: the star is nearer.
-    tie = [{"cx": 0, "cy": 0, "shape": "circle", "colour": "red", "size": "small"},
-           {"cx": 4, "cy": 0, "shape": "circle", "colour": "red", "size": "small"},
-           {"cx": 2, "cy": 0, "shape": "star", "colour": "blue", "size": "big"}]
-    tie_flags = pretrain_backbone.object_neighbours(tie)
-    for row in tie_flags[:2]:
-        assert _flags(row, "shape") == _flags(row, "colour") == {("colour", "red"), ("shape", "circle"), ("size", "small")}
-        assert _flags(row, "all") == set()
-
-
-def test_neighbour_labels_are_each_object_flags_packed_and_only_add_labels():
-    size = 64
-    image, labels, packed = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size, position_bins=4,
-                                                         rank_tasks=True, neighbour_tasks=True)
-    assert packed.dtype == np.uint8 and packed.shape == (-(-pretrain_backbone.NEIGHBOUR_BITS // 8), size, size)
-    flags = pretrain_backbone.unpack_neighbours(packed[None])[0]
-    assert flags.shape == (pretrain_backbone.NEIGHBOUR_BITS, size, size)
-    scene, _, _, visible = sample_scene(np.random.default_rng([3, 7, pretrain_backbone.STREAM_KEY]), size,
-                                        avoid=HELD_OUT_DESIGN)
-    expected = pretrain_backbone.object_neighbours(scene["objects"])
-    assert expected.any(axis=1).sum() >= 2 and len({row.tobytes() for row in expected}) >= 2  # not a vacuous check
-    for mask, row in zip(visible, expected, strict=True):
-        assert (flags[:, torch.from_numpy(mask)] == torch.from_numpy(row).float()[:, None]).all()
-    assert not flags[:, torch.from_numpy(labels[0] == 0)].any()  # background: no flags
-    plain_image, plain_labels, _ = pretrain_backbone.make_scene(seed=3, index=7, gen_size=size, size=size,
-                                                                position_bins=4, rank_tasks=True)
-    assert np.array_equal(plain_image, image) and np.array_equal(plain_labels, labels)
 
 
 @pytest.mark.slow
@@ -174,11 +119,6 @@ def test_position_bins_train_and_report_column_and_row(tmp_path):
                                      "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64", "--rank-tasks"])
     assert list(ranked["history"][-1]["val_accuracy"]) == list(pretrain_backbone.task_classes(0, rank_tasks=True))
     assert ranked["options"]["rank_tasks"] is True
-    near = pretrain_backbone.main(["--out", str(tmp_path / "near.pth"), "--num-images", "20", "--epochs", "1",
-                                   "--batch-size", "8", "--img-size", "32", "--gen-img-size", "64", "--neighbour-tasks"])
-    scores = near["history"][-1]
-    assert list(scores["val_accuracy"]) == ["colour", "shape", "size", "neighbours"] == list(scores["loss"])
-    assert 0 <= scores["val_accuracy"]["neighbours"] <= 1 and scores["loss"]["neighbours"] > 0
 
 
 def test_scene_cache_is_reused_only_for_the_same_options(tmp_path, monkeypatch):
@@ -188,18 +128,13 @@ def test_scene_cache_is_reused_only_for_the_same_options(tmp_path, monkeypatch):
     base = ["--out", "unused.pth", "--num-images", "20", "--img-size", "32", "--gen-img-size", "64",
             "--cache", str(tmp_path / "scenes.npz")]
     runs = [base + ["--position-bins", "4"], base + ["--position-bins", "4"], base + ["--position-bins", "8"],
-            base + ["--position-bins", "8", "--seed", "5"], base + ["--position-bins", "8", "--seed", "5", "--rank-tasks"],
-            base + ["--position-bins", "8", "--seed", "5", "--rank-tasks", "--neighbour-tasks"],
-            base + ["--position-bins", "8", "--seed", "5", "--rank-tasks", "--neighbour-tasks"]]
+            base + ["--position-bins", "8", "--seed", "5"], base + ["--position-bins", "8", "--seed", "5", "--rank-tasks"]]
     outputs = []
     for argv in runs:
         made.clear()
         outputs.append((pretrain_backbone.generate(pretrain_backbone.parse_args(argv)), len(made)))
-    # Only the identical second and last runs read the cache; the last gets the neighbour flags back.
-    assert [count for _, count in outputs] == [20, 0, 20, 20, 20, 20, 0]
-    assert outputs[4][0][2] is None and np.array_equal(outputs[5][0][2], outputs[6][0][2])
-    assert outputs[6][0][2].shape == (20, -(-pretrain_backbone.NEIGHBOUR_BITS // 8), 32, 32)
-    (images4, labels4, _), (images8, labels8, _) = outputs[0][0], outputs[2][0]
+    assert [count for _, count in outputs] == [20, 0, 20, 20, 20]  # only the identical second run reads the cache
+    (images4, labels4), (images8, labels8) = outputs[0][0], outputs[2][0]
     assert np.array_equal(images4, images8) and labels8[:, 3].max() > 4 >= labels4[:, 3].max()
     assert not np.array_equal(outputs[3][0][0], images8)
 

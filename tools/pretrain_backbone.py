@@ -12,10 +12,7 @@ in N equal bins of the image (a Swin without absolute position embeddings, as LA
 where things are from the image borders, which location and ordinal expressions need);
 `--rank-tasks` adds each object's rank (1, 2, 3, 4 or later) from the left, right, top and bottom
 among all objects, among those of its shape and among those of its colour (the comparisons across
-the image that "the leftmost circle" and "the second red one from the top" need);
-`--neighbour-tasks` adds, for every colour, shape and size, whether the object is the nearest of
-those peer groups to another object of that colour, shape or size (what "the circle closest to the
-red star" needs: among the circles, the nearest to the red one). The
+the image that "the leftmost circle" and "the second red one from the top" need). The
 scenes come from SynRef's own sampler with a random stream that no benchmark seed uses, and no object has one of the colour-shape pairs that testC may hold out
 (data/synthetic/writer.py's HELD_OUT_DESIGN), so testC stays a test of composition.
 
@@ -62,11 +59,6 @@ MAX_RANK = 4  # ranks beyond it share its class ("4th or later")
 # The twelve rank tasks' losses together weigh as three tasks, so that they do not crowd out colour and
 # shape (the position tasks, at full weight, had cost shape accuracy 84% -> 78% at equal epochs).
 RANK_LOSS_WEIGHT = 0.25
-# Neighbour tasks: one yes/no per (peer group, value a landmark can be named by), in that order.
-LANDMARK_VALUES = tuple((key, value) for key, values in TASKS.items() for value in values)
-NEIGHBOUR_BITS = len(RANK_GROUPS) * len(LANDMARK_VALUES)
-# Weighs as three tasks (one per peer group), as the ranks do.
-NEIGHBOUR_LOSS_WEIGHT = 3.0
 
 
 def task_classes(position_bins=0, rank_tasks=False):
@@ -96,32 +88,6 @@ def object_ranks(objects):
     return ranks
 
 
-def object_neighbours(objects):
-    """Per object, a bool per (group, landmark value) of RANK_GROUPS x LANDMARK_VALUES: whether some
-    other object L has that value and the object is nearer to L's centre than every other object of
-    its group (sharing its shape, its colour, or any object), L excepted. Ties count for neither."""
-    flags = np.zeros((len(objects), NEIGHBOUR_BITS), dtype=bool)
-    centres = np.array([[obj["cx"], obj["cy"]] for obj in objects], dtype=float).reshape(-1, 2)
-    distance = np.hypot(*(centres[:, None] - centres[None]).transpose(2, 0, 1))
-    for i, obj in enumerate(objects):
-        for g, attribute in enumerate(RANK_GROUPS.values()):
-            peers = [j for j, other in enumerate(objects) if j != i and (attribute is None or other[attribute] == obj[attribute])]
-            for landmark_index, landmark in enumerate(objects):
-                rivals = [j for j in peers if j != landmark_index]
-                if landmark_index == i or any(distance[j, landmark_index] <= distance[i, landmark_index] for j in rivals):
-                    continue
-                for v, (key, value) in enumerate(LANDMARK_VALUES):
-                    if landmark[key] == value:
-                        flags[i, g * len(LANDMARK_VALUES) + v] = True
-    return flags
-
-
-def unpack_neighbours(packed):
-    """(batch, bytes, H, W) uint8 from make_scene -> (batch, NEIGHBOUR_BITS, H, W) float 0/1."""
-    bits = torch.from_numpy(np.unpackbits(packed, axis=1, count=NEIGHBOUR_BITS))
-    return bits.float()
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output .pth (official Swin layout)")
@@ -139,9 +105,6 @@ def parse_args(argv=None):
     parser.add_argument("--rank-tasks", action="store_true", dest="rank_tasks",
                         help="also classify each object's rank from the left, right, top and bottom among all "
                              "objects, those of its shape and those of its colour")
-    parser.add_argument("--neighbour-tasks", action="store_true", dest="neighbour_tasks",
-                        help="also classify, for every colour, shape and size, whether each object is the nearest "
-                             "of its shape / its colour / all objects to another object of that colour, shape or size")
     parser.add_argument("--batch-size", type=int, default=32, dest="batch_size")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--wd", type=float, default=0.05)
@@ -168,51 +131,41 @@ def _resize(array, size, resample):
     return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
-def make_scene(seed, index, gen_size, size, position_bins=0, rank_tasks=False, neighbour_tasks=False):
-    """One scene: image (size, size, 3) uint8, labels (tasks, size, size) uint8 in task_classes' order:
+def make_scene(seed, index, gen_size, size, position_bins=0, rank_tasks=False):
+    """One scene: image (size, size, 3) uint8 and labels (tasks, size, size) uint8 in task_classes' order:
     colour, shape, size, then column and row of the object's centre when position_bins > 0, then its
-    ranks when rank_tasks; and with neighbour_tasks, object_neighbours' flags of the object painted at
-    each pixel, packed 8 to a byte along the first axis (None without)."""
+    ranks when rank_tasks."""
     rng = np.random.default_rng([seed, index, STREAM_KEY])
     scene, _, image, visible = sample_scene(rng, gen_size, avoid=HELD_OUT_DESIGN)
     labels = np.zeros((len(task_classes(position_bins, rank_tasks)), gen_size, gen_size), dtype=np.uint8)
     ranks = object_ranks(scene["objects"]) if rank_tasks else [[]] * len(scene["objects"])
-    packed = np.packbits(object_neighbours(scene["objects"]), axis=1) if neighbour_tasks else None
-    neighbours = np.zeros((packed.shape[1], gen_size, gen_size), dtype=np.uint8) if neighbour_tasks else None
-    for o, (obj, mask, obj_ranks) in enumerate(zip(scene["objects"], visible, ranks, strict=True)):
+    for obj, mask, obj_ranks in zip(scene["objects"], visible, ranks, strict=True):
         classes = [values.index(obj[task]) for task, values in TASKS.items()]
         if position_bins:
             classes += [min(int(obj[key] * position_bins // gen_size), position_bins - 1) for key in ("cx", "cy")]
         classes += [rank - 1 for rank in obj_ranks]
         for t, value in enumerate(classes):
             labels[t][mask] = value + 1
-        if neighbour_tasks:
-            neighbours[:, mask] = packed[o][:, None]
-    # Resized exactly as transforms.Resize does it: PIL bilinear for the image, nearest for labels
-    # (nearest keeps each packed byte whole).
+    # Resized exactly as transforms.Resize does it: PIL bilinear for the image, nearest for labels.
     image = _resize(image, size, Image.BILINEAR)
     labels = np.stack([_resize(layer, size, Image.NEAREST) for layer in labels])
-    if neighbour_tasks:
-        neighbours = np.stack([_resize(layer, size, Image.NEAREST) for layer in neighbours])
-    return image, labels, neighbours
+    return image, labels
 
 
 def generate(args):
     # Everything the scenes and labels depend on; a cache written with other options is regenerated.
     key = np.array([args.seed, args.num_images, args.gen_img_size, args.img_size, args.position_bins,
-                    int(args.rank_tasks), int(args.neighbour_tasks)])
+                    int(args.rank_tasks)])
     if args.cache and os.path.isfile(args.cache):
         data = np.load(args.cache)
         if "key" in data and np.array_equal(data["key"], key):
-            return data["images"], data["labels"], data["neighbours"] if args.neighbour_tasks else None
-    scenes = [make_scene(args.seed, i, args.gen_img_size, args.img_size, args.position_bins, args.rank_tasks,
-                         args.neighbour_tasks) for i in range(args.num_images)]
-    images, labels = np.stack([s[0] for s in scenes]), np.stack([s[1] for s in scenes])
-    neighbours = np.stack([s[2] for s in scenes]) if args.neighbour_tasks else None
+            return data["images"], data["labels"]
+    pairs = [make_scene(args.seed, i, args.gen_img_size, args.img_size, args.position_bins, args.rank_tasks)
+             for i in range(args.num_images)]
+    images, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     if args.cache:
-        np.savez(args.cache, images=images, labels=labels, key=key,
-                 neighbours=neighbours if args.neighbour_tasks else np.zeros(0, np.uint8))
-    return images, labels, neighbours
+        np.savez(args.cache, images=images, labels=labels, key=key)
+    return images, labels
 
 
 class DenseHead(nn.Module):
@@ -239,53 +192,31 @@ def to_tensor(images):
     return (x - mean) / std
 
 
-def losses_and_logits(backbone, head, images, labels, amp, weights=None, neighbours=None):
-    """Weighted cross-entropy of each class task; with `neighbours` (unpack_neighbours' flags), the
-    head's last output is their logits, and one more term: their binary cross-entropy on object pixels."""
+def losses_and_logits(backbone, head, images, labels, amp, weights=None):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
         logits = head(backbone.visual_features(images))
     logits = [F.interpolate(lg.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
               for lg in logits]
-    class_logits = logits if neighbours is None else logits[:-1]
-    weights = weights or [1.0] * len(class_logits)
-    terms = [w * F.cross_entropy(lg, labels[:, t]) for t, (w, lg) in enumerate(zip(weights, class_logits, strict=True))]
-    if neighbours is not None:
-        foreground = labels[:, 0] > 0
-        flags, truth = logits[-1].permute(0, 2, 3, 1)[foreground], neighbours.permute(0, 2, 3, 1)[foreground]
-        # An image without objects has no flags to learn; the zero keeps the term in the graph.
-        bce = F.binary_cross_entropy_with_logits(flags, truth) if len(flags) else logits[-1].sum() * 0
-        terms.append(NEIGHBOUR_LOSS_WEIGHT * bce)
-    return terms, logits
+    weights = weights or [1.0] * len(logits)
+    return [w * F.cross_entropy(lg, labels[:, t]) for t, (w, lg) in enumerate(zip(weights, logits, strict=True))], logits
 
 
 @torch.no_grad()
-def accuracy(backbone, head, images, labels, amp, names, batch_size=64, neighbours=None):
-    """Per class task (`names`): share of object (non-background) pixels whose class is right; with
-    `neighbours` (packed, as make_scene writes them), "neighbours": the F1 score of their flags on
-    object pixels (most flags are off, so the share of right flags says little)."""
+def accuracy(backbone, head, images, labels, amp, names, batch_size=64):
+    """Per task (`names`): share of object (non-background) pixels whose class is right."""
     backbone.eval()
     head.eval()
-    class_names = names if neighbours is None else names[:-1]
-    correct, total, flag_counts = np.zeros(len(class_names)), 0, np.zeros(3)  # true +, false +, false -
+    correct, total = np.zeros(len(names)), 0
     for start in range(0, len(images), batch_size):
         x, y = to_tensor(images[start:start + batch_size]), torch.from_numpy(labels[start:start + batch_size]).long()
-        n = None if neighbours is None else unpack_neighbours(neighbours[start:start + batch_size])
-        _, logits = losses_and_logits(backbone, head, x, y, amp, neighbours=n)
+        _, logits = losses_and_logits(backbone, head, x, y, amp)
         foreground = y[:, 0] > 0
         total += int(foreground.sum())
-        for t, lg in enumerate(logits[:len(class_names)]):
+        for t, lg in enumerate(logits):
             correct[t] += int(((lg.argmax(1) == y[:, t]) & foreground).sum())
-        if n is not None:
-            predicted = (logits[-1] > 0).permute(0, 2, 3, 1)[foreground]
-            truth = n.permute(0, 2, 3, 1)[foreground] > 0
-            flag_counts += [int((predicted & truth).sum()), int((predicted & ~truth).sum()), int((~predicted & truth).sum())]
     backbone.train()
     head.train()
-    scores = {task: round(float(c / max(total, 1)), 4) for task, c in zip(class_names, correct, strict=True)}
-    if neighbours is not None:
-        true_positives, false_positives, false_negatives = flag_counts
-        scores["neighbours"] = round(float(2 * true_positives / max(2 * true_positives + false_positives + false_negatives, 1)), 4)
-    return scores
+    return {task: round(float(c / max(total, 1)), 4) for task, c in zip(names, correct, strict=True)}
 
 
 def swin_state_dict(backbone, dtype=torch.float32):
@@ -300,11 +231,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.time()
-    images, labels, neighbours = generate(args)
+    images, labels = generate(args)
     generate_s = time.time() - started
     held = max(1, len(images) // 20)
     train_x, train_y, val_x, val_y = images[held:], labels[held:], images[:held], labels[:held]
-    train_n, val_n = (None, None) if neighbours is None else (neighbours[held:], neighbours[:held])
     print(f"generated {len(images)} scenes at {args.gen_img_size} px -> {args.img_size} px in {generate_s:.0f} s",
           flush=True)
 
@@ -312,10 +242,9 @@ def main(argv=None):
     backbone = MultiModalSwinTransformer(embed_dim, depths, heads, window_size=args.window_size,
                                          drop_path_rate=args.drop_path)
     classes = task_classes(args.position_bins, args.rank_tasks)
-    weights = [RANK_LOSS_WEIGHT if name.startswith("rank_") else 1.0 for name in classes]
-    names = list(classes) + (["neighbours"] if args.neighbour_tasks else [])
-    head = DenseHead(backbone.num_features,
-                     num_classes=list(classes.values()) + ([NEIGHBOUR_BITS] if args.neighbour_tasks else []))
+    names = list(classes)
+    weights = [RANK_LOSS_WEIGHT if name.startswith("rank_") else 1.0 for name in names]
+    head = DenseHead(backbone.num_features, num_classes=list(classes.values()))
     params = [p for n, p in backbone.named_parameters() if not backbone.is_fusion_parameter(n)]
     optimizer = torch.optim.AdamW([{"params": params}, {"params": head.parameters()}], lr=args.lr,
                                   weight_decay=args.wd)
@@ -330,14 +259,13 @@ def main(argv=None):
         for step in range(steps_per_epoch):
             idx = np.sort(order[step * args.batch_size:(step + 1) * args.batch_size])
             x, y = to_tensor(train_x[idx]), torch.from_numpy(train_y[idx]).long()
-            n = None if train_n is None else unpack_neighbours(train_n[idx])
-            terms, _ = losses_and_logits(backbone, head, x, y, args.amp, weights, neighbours=n)
+            terms, _ = losses_and_logits(backbone, head, x, y, args.amp, weights)
             optimizer.zero_grad(set_to_none=True)
             sum(terms).backward()
             optimizer.step()
             scheduler.step()
             sums += [float(v.detach()) for v in terms]
-        acc = accuracy(backbone, head, val_x, val_y, args.amp, names, neighbours=val_n)
+        acc = accuracy(backbone, head, val_x, val_y, args.amp, names)
         history.append({"epoch": epoch, "loss": dict(zip(names, (sums / steps_per_epoch).round(4).tolist(), strict=True)),
                         "val_accuracy": acc, "seconds": round(time.time() - t, 1)})
         print(json.dumps(history[-1]), flush=True)
