@@ -16,7 +16,8 @@ the object it overlaps most: what val would score if every expression chose its 
 the masks kept their outlines (a hedged mask scores low against every object, so hedging stays in it).
 For relation and ordinal expressions, a third table says where those masks land, per relation and per
 side counted from: on the target, on another object of the target's description (the wrong one of the
-candidates), on the landmark a relation names, on another object, or on none (best-object IoU < 0.1).
+candidates), on the landmark a relation names, on another object, or on none (best-object IoU < 0.1,
+or an expression the no-target head rejected, which the evaluation scores 0 whatever its mask).
 """
 import argparse
 import json
@@ -126,7 +127,7 @@ def landing(row, form, objects):
     `objects` maps ann ids to the sidecar's objects. A tie with the target counts as the target."""
     from data.synthetic.semantics import matches
 
-    if row["best_object_iou"] < 0.1:
+    if row["best_object_iou"] < 0.1 or row.get("no_target_pred"):
         return "none"
     if not row["wrong_object"]:
         return "target"

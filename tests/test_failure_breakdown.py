@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from bench.failure_breakdown import LANDINGS, breakdown, landings, main, summarize
+from bench.failure_breakdown import breakdown, landings, main, summarize
 
 
 def row(ref_id, i, inter, union, predicted, sentence_index=0, iou=None):
@@ -45,6 +45,36 @@ def test_script_reads_a_generated_set(generated_set, tmp_path, capsys):
     main([str(tmp_path), "--refer_data_root", str(root)])
     out = capsys.readouterr().out
     assert f"| all | {len(rows)} | 50.0 |" in out
+    assert "| relation / ordinal |" not in out  # no mask saved: nothing to trace
+
+
+def test_script_traces_saved_masks_of_a_generated_set(generated_set, tmp_path, capsys):
+    from PIL import Image
+
+    from data.synthetic import read_sidecar
+    from refer.refer import REFER, object_mask
+
+    root = generated_set(dataset="synref", num_images=12, img_size=64, seed=3)
+    refer = REFER(str(root), "synref", "unc")
+    form_of = {e["sent_id"]: e["form"] for e in read_sidecar(str(root), "synref")["expressions"]}
+    rows, kinds = [], set()
+    for ref in refer.Refs.values():
+        target = object_mask(refer.getAnnMask(refer.refToAnn[ref["ref_id"]])["mask"])
+        Image.fromarray(target * 255).save(tmp_path / f"ref{ref['ref_id']}.png")  # every mask on its target
+        for i, sent_id in enumerate(ref["sent_ids"]):
+            pixels = int(target.sum())
+            rows.append({**row(ref["ref_id"], 0, pixels, pixels, pixels, sentence_index=i), "mask": f"ref{ref['ref_id']}.png"})
+            form = form_of[sent_id]
+            if form["type"] == "relation":
+                kinds.add(f"relation: {form['relation']}")
+            elif form["type"] == "ordinal":
+                kinds.add(f"ordinal: from {form['from']}")
+    assert kinds  # the set has relation or ordinal expressions to trace
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main([str(tmp_path), "--refer_data_root", str(root)])
+    out = capsys.readouterr().out
+    for kind in kinds:
+        assert any(line.startswith(f"| {kind} |") and line.split(" | ")[2] == "100.0" for line in out.splitlines()), kind
 
 
 def test_each_mask_is_compared_with_every_object_of_its_image(generated_set, tmp_path):
@@ -88,9 +118,13 @@ def test_relation_and_ordinal_masks_are_traced_to_the_object_they_land_on():
                4: {"shape": "heart", "colour": "red", "size": "big"}}
     nearest = {"type": "relation", "relation": "nearest", "target": {"shape": "circle"},
                "landmark": {"shape": "star", "colour": "pink"}}
+    # "the circle closest to the blue circle": the landmark also fits the target's description.
+    like_landmark = {"type": "relation", "relation": "nearest", "target": {"shape": "circle"},
+                     "landmark": {"shape": "circle", "colour": "blue"}}
     second = {"type": "ordinal", "rank": 2, "from": "left", "target": {"colour": "red"}}
     forms = {(0, 0): nearest, (0, 1): nearest, (0, 2): nearest, (0, 3): nearest, (0, 4): nearest,
-             (1, 0): second, (1, 1): second, (2, 0): {"type": "attribute", "target": {"shape": "star"}}}
+             (1, 0): second, (1, 1): second, (2, 0): {"type": "attribute", "target": {"shape": "star"}},
+             (3, 0): like_landmark, (3, 1): like_landmark, (3, 2): like_landmark}
 
     def compared(ref_id, i, best, iou, wrong):
         return {"ref_id": ref_id, "sentence_index": i, "best_object": best, "best_object_iou": iou, "wrong_object": wrong}
@@ -101,11 +135,15 @@ def test_relation_and_ordinal_masks_are_traced_to_the_object_they_land_on():
             compared(0, 3, 4, 0.6, True),    # an object the expression does not describe
             compared(0, 4, 2, 0.05, True),   # overlaps nothing enough to count
             compared(1, 0, 4, 0.7, True),    # the other red object
-            compared(1, 1, 1, 0.3, False),   # a hedged mask whose best object ties with the target: the target
+            compared(1, 1, 1, 0.3, False),   # a hedged mask, not over another object more than its target
             {"ref_id": 1, "sentence_index": 1},  # no mask saved: left out
-            compared(2, 0, 3, 0.9, False)]   # attribute expressions are not traced
+            compared(2, 0, 3, 0.9, False),   # attribute expressions are not traced
+            compared(3, 0, 2, 0.9, True),    # the blue circle is the landmark before it is another circle
+            compared(3, 1, 1, 0.1, True),    # IoU 0.1 is enough to land on an object
+            {**compared(3, 2, 1, 0.9, False), "no_target_pred": True}]  # rejected by the head: scored 0
     shares = landings(rows, forms, objects)
     assert list(shares) == ["ordinal: from left", "relation: nearest"]
-    assert shares["relation: nearest"] == {"samples": 5, **dict.fromkeys(LANDINGS, 0.2)}
+    assert shares["relation: nearest"] == {"samples": 8, "target": 1 / 8, "another of its description": 2 / 8,
+                                           "the landmark": 2 / 8, "another object": 1 / 8, "none": 2 / 8}
     assert shares["ordinal: from left"] == {"samples": 2, "target": 0.5, "another of its description": 0.5,
                                             "the landmark": 0.0, "another object": 0.0, "none": 0.0}
